@@ -1,0 +1,37 @@
+"""Install cngpt-tf: `pip install -e .` (library + converters), `pip install -e .[dev]` (tests)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cngpt-tf",
+    version="0.1.0",
+    description="Chinese GPT-2 models in TensorFlow: PyTorch->TF converters, XLA generation, TF Serving",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cngpt_tf", "cngpt_tf.*", "converters", "converters.*"]),
+    install_requires=[
+        # The full package: tensorflow-cpu conflicts with tf-keras, which requires `tensorflow`.
+        "tensorflow==2.21.*",
+        "tf-keras==2.21.*",
+        # 4.57 is the last line that ships the TF model classes (TFGPT2LMHeadModel).
+        "transformers>=4.57,<5",
+        "numpy",
+        "h5py",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        # torch is pinned: on these machines 2.13.0 is the CPU wheel on disk; an unpinned torch pulls
+        # a multi-GB CUDA build. It is a test dependency only: converting never imports it.
+        "dev": ["pytest", "hypothesis", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+    },
+    entry_points={
+        "console_scripts": [
+            "cngpt-pt2tf=converters.pt2tf:main",
+            "cngpt-tf2pt=converters.tf2pt:main",
+            "cngpt-generate=cngpt_tf.generate:main",
+        ]
+    },
+)
