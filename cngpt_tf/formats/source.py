@@ -1,0 +1,221 @@
+"""Resolve a model SRC (folder, .zip, URL of a .zip, or hub id) to a local folder of model files.
+
+Every converter starts here, so it gets config.json, vocab.txt and the weights the same way whatever
+the user gave. Zips are checked member by member before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from zipfile import ZipInfo
+
+from tqdm import tqdm
+
+from ..errors import CheckpointError, SourceError, UnsafeArchiveError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
+OPTIONAL_NAMES = ("tokenizer_config.json", "special_tokens_map.json")
+HUB_PATTERNS = ["config.json", "vocab.txt", *WEIGHT_NAMES, *OPTIONAL_NAMES]
+# Zip-bomb guard: real GPT-2 checkpoints are a few GiB; claiming more means hostile or broken.
+MAX_UNPACKED_BYTES = 20 * 2**30
+HTTP_TIMEOUT_S = 60.0
+_CHUNK = 1 << 20
+# `name` or `owner/name` as the hub spells them. `owner/name` contains os.sep on POSIX, so a missing
+# path only counts as path-like when it cannot be a hub id (or ends with .zip).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files of one model; all of them sit directly in `folder`."""
+    folder: Path  # folder holding the files
+    config: Path  # config.json
+    vocab: Path  # vocab.txt
+    weights: Path  # model.safetensors if present, else pytorch_model.bin
+    origin: str  # what the user passed, for messages
+
+
+@contextlib.contextmanager
+def open_source(src: str | Path, *, cache_dir: str | Path | None = None,
+                progress: bool = True) -> Iterator[ModelFiles]:
+    """Yield the `ModelFiles` of `src`: a model folder, a .zip of one, an http(s) URL of such a zip
+    (downloaded once into `cache_dir`, else $CNGPT_CACHE, else ~/.cache/cngpt_tf), or a hub model
+    id. A zip's needed members go to a temporary folder deleted when the block exits. Raises
+    SourceError (cannot find or fetch), UnsafeArchiveError (hostile zip), CheckpointError (corrupt).
+    """
+    src = str(src)
+    is_url = src.startswith(("http://", "https://"))
+    path = _download(src, cache_dir, progress) if is_url else Path(src).expanduser()
+    if path.is_dir():
+        yield _files_in_folder(path, src)
+    elif path.is_file():
+        if path.suffix.lower() != ".zip" and not zipfile.is_zipfile(path):
+            raise SourceError(f"{src}: not a model folder or a .zip archive")
+        with _open_zip(path, src) as files:
+            yield files
+    elif src.lower().endswith(".zip") or not _HUB_ID.fullmatch(src):
+        raise SourceError(f"{src}: no such file or directory")
+    else:
+        yield _files_in_folder(_hub_snapshot(src), src)
+
+
+def _pick_weight(present: set[str], where: str) -> str:
+    """Return the weight file to use among the `present` names; SourceError if a file is missing."""
+    weight = next((w for w in WEIGHT_NAMES if w in present), None)
+    missing = [n for n in ("config.json", "vocab.txt") if n not in present]
+    missing += [] if weight else [" or ".join(reversed(WEIGHT_NAMES))]
+    if missing:
+        raise SourceError(f"{where}: missing {', '.join(missing)}")
+    return weight
+
+
+def _files_in_folder(folder: Path, origin: str) -> ModelFiles:
+    present = {n for n in ("config.json", "vocab.txt", *WEIGHT_NAMES) if (folder / n).is_file()}
+    weights = folder / _pick_weight(present, str(folder))
+    return ModelFiles(folder, folder / "config.json", folder / "vocab.txt", weights, origin)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download  # slow to import; only hub ids need it
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # noqa: BLE001  (hub, HTTP-client and offline errors share no base)
+        msg = f"{repo_id}: not a local path, and the hub download failed: {_one_line(e)}"
+        raise SourceError(msg) from e
+
+
+@contextlib.contextmanager
+def _open_zip(path: Path, origin: str) -> Iterator[ModelFiles]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable zip archive ({_one_line(e)})") from e
+    tmp = None
+    try:
+        with zf:
+            wanted = _wanted_members(path, _checked_members(path, zf))  # every check before a write
+            tmp = Path(tempfile.mkdtemp(prefix="cngpt_src_"))
+            log.info("%s: extracting %s into %s", path, ", ".join(n for _, n in wanted), tmp)
+            _extract(path, zf, wanted, tmp)
+        yield _files_in_folder(tmp, origin)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _checked_members(path: Path, zf: zipfile.ZipFile) -> dict[str, ZipInfo]:
+    """Refuse the whole archive if any member is hostile; map normalized names to file members."""
+    members, total = {}, 0
+    for info in zf.infolist():
+        name = info.filename
+        parts = name.replace("\\", "/").split("/")  # zips made on Windows may use backslashes
+        if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+            raise UnsafeArchiveError(f"{path}: member '{name}' has an absolute path")
+        if ".." in parts:
+            raise UnsafeArchiveError(f"{path}: member '{name}' escapes the archive with '..'")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UnsafeArchiveError(f"{path}: member '{name}' is a symbolic link")
+        total += info.file_size
+        if not info.is_dir():
+            members["/".join(parts)] = info
+    if total > MAX_UNPACKED_BYTES:
+        msg = f"{path}: members would unpack to {total} bytes, over the {MAX_UNPACKED_BYTES} limit"
+        raise UnsafeArchiveError(msg)
+    return members
+
+
+def _wanted_members(path: Path, members: dict[str, ZipInfo]) -> list[tuple[ZipInfo, str]]:
+    """Find the one folder holding config.json; return its needed members with their file names."""
+    holders = [n for n in members if posixpath.basename(n) == "config.json"]
+    folders = sorted({posixpath.dirname(n) for n in holders})
+    if not folders:
+        raise SourceError(f"{path}: no folder in the archive holds config.json")
+    if len(folders) > 1:
+        shown = ", ".join(f"'{f or '.'}'" for f in folders)
+        raise SourceError(f"{path}: several folders hold config.json ({shown}); expected one")
+    here = {posixpath.basename(n): info for n, info in members.items()
+            if posixpath.dirname(n) == folders[0]}
+    weight = _pick_weight(set(here), f"{path} (folder '{folders[0] or '.'}')")
+    names = ["config.json", "vocab.txt", weight, *(n for n in OPTIONAL_NAMES if n in here)]
+    return [(here[n], n) for n in names]
+
+
+def _extract(path: Path, zf: zipfile.ZipFile, wanted: list[tuple[ZipInfo, str]], tmp: Path) -> None:
+    # Output names are our fixed basenames, never the member path, so nothing can land outside tmp.
+    for info, name in wanted:
+        try:
+            with zf.open(info) as src, open(tmp / name, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)  # streamed: weight files are GiBs
+        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
+            # BadZipFile covers a CRC mismatch, RuntimeError an encrypted member.
+            raise CheckpointError(f"{path}: member '{info.filename}': {_one_line(e)}") from e
+        except OSError as e:  # our side (disk full, permissions), not the archive's fault
+            raise SourceError(f"{path}: cannot write {tmp / name}: {_one_line(e)}") from e
+
+
+def _download(url: str, cache_dir: str | Path | None, progress: bool) -> Path:
+    """Return the cached copy of `url`, downloading it first unless a complete copy is there."""
+    cache = Path(cache_dir or os.environ.get("CNGPT_CACHE") or "~/.cache/cngpt_tf").expanduser()
+    base = re.sub(r"[^\w.-]", "_", posixpath.basename(urllib.parse.urlsplit(url).path))
+    target = cache / f"{hashlib.sha256(url.encode()).hexdigest()}-{base or 'download.zip'}"
+    if target.is_file():  # only ever created by os.replace of a finished, checked download
+        log.info("%s: using cached %s", url, target)
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    log.info("%s: downloading to %s", url, target)
+    try:
+        _fetch(url, part, base, progress)
+        if not zipfile.is_zipfile(part):  # e.g. an HTML error page sent with 200: never cache it
+            raise SourceError(f"{url}: the download is not a zip archive")
+        os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)  # never leave a half file behind, also on Ctrl-C
+        raise
+    return target
+
+
+def _fetch(url: str, part: Path, label: str, progress: bool) -> None:
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "cngpt-tf"})
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp, open(part, "wb") as out:
+            length = resp.headers.get("Content-Length", "")
+            expected = int(length) if length.isdigit() else None
+            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                      disable=not progress) as bar:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        raise SourceError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except urllib.error.URLError as e:
+        raise SourceError(f"{url}: {_one_line(e.reason)}") from e
+    except (OSError, http.client.HTTPException) as e:
+        raise SourceError(f"{url}: download failed ({_one_line(e)})") from e
+    # http.client returns b"" rather than raising when the server closes early, so count ourselves.
+    if expected is not None and (got := part.stat().st_size) != expected:
+        raise SourceError(f"{url}: download stopped after {got} of {expected} bytes")
+
+
+def _one_line(e: object) -> str:
+    return (" ".join(str(e).split()) or type(e).__name__)[:300]
