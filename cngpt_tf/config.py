@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Activations that equal the tanh approximation of GELU that openai/gpt-2 (and our TF model) uses.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
@@ -52,9 +55,6 @@ class GPT2Config:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    def with_special_ids(self, pad: int, bos: int, eos: int) -> "GPT2Config":
-        return dataclasses.replace(self, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
-
     # ----- HF config.json ---------------------------------------------------------------------
 
     @classmethod
@@ -70,6 +70,7 @@ class GPT2Config:
                 n_layer=d["n_layer"],
                 layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),
                 activation_function=d.get("activation_function", "gelu_new"),
+                **_special_ids_in_vocab(d, source),
             )
         except KeyError as e:
             raise ConfigError(f"{source}: missing field {e.args[0]!r}") from None
@@ -136,6 +137,21 @@ class GPT2Config:
         raise ConfigError(f"{path}: neither an HF config.json (vocab_size) nor hparams.json (n_vocab)")
 
 
+def with_vocab(config: GPT2Config, vocab_path: str | Path) -> tuple[GPT2Config, dict[str, int]]:
+    """Check `vocab.txt` against the config's vocab size; set pad/bos/eos from its [PAD]/[CLS]/[SEP].
+
+    Returns the updated config and the vocab's special-token ids.
+    """
+    from .errors import VocabError
+    from .vocab import CLS, PAD, SEP, read_vocab, special_token_ids
+
+    tokens = read_vocab(vocab_path)
+    if len(tokens) != config.n_vocab:
+        raise VocabError(f"{vocab_path}: {len(tokens)} tokens, but the model config says vocab_size={config.n_vocab}")
+    ids = special_token_ids(tokens, vocab_path)
+    return dataclasses.replace(config, pad_token_id=ids[PAD], bos_token_id=ids[CLS], eos_token_id=ids[SEP]), ids
+
+
 def write_json(path: str | Path, d: dict) -> None:
     Path(path).write_text(json.dumps(d, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -150,6 +166,19 @@ def _read_json(path: Path) -> dict:
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}")
     return d
+
+
+def _special_ids_in_vocab(d: dict, source: str) -> dict:
+    """The config's pad/bos/eos ids that lie inside its vocab; others (GPT-2's 50256 in a 21128-token
+    Chinese vocab, as some releases carry) are dropped with a warning: the vocab's own win."""
+    ids = {}
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = d.get(name)
+        if isinstance(value, int) and 0 <= value < d.get("vocab_size", 0):
+            ids[name] = value
+        elif value is not None:
+            log.warning("%s: ignoring %s=%r, outside the %s-token vocab", source, name, value, d.get("vocab_size"))
+    return ids
 
 
 def _refuse_unsupported(d: dict, source: str) -> None:

@@ -1,0 +1,153 @@
+"""GPT-2 in pure TensorFlow functions over the openai/gpt-2 weight layout, with a fixed-size KV cache.
+
+`params` maps TF1 names (`model/h0/attn/c_attn/w`, ...) to tensors of their TF1 shapes, exactly what
+`OUT_DIR/tf1` holds. The same functions serve the conversion check, the SavedModel signatures and
+the XLA decode loop, so there is one GPT-2 in this project, not one per use.
+
+Notation: B batch, T new tokens this call, S cache slots, E n_embd, H n_head, D head_dim, V n_vocab.
+The sequence is left-padded: slot j of the cache holds token j of the padded sequence, so "causal"
+means key slot <= query slot, and padding is masked by `key_mask`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice  # also what HF's TF generate uses
+
+from .config import GPT2Config
+
+NEG_INF = -1e9  # added to masked attention scores; finite so a fully masked (pad) row stays NaN-free
+
+
+def past_shape(config: GPT2Config, batch_size, cache_len) -> list:
+    """The KV cache of ONE layer: [2 (k, v), B, H, S, D]. The whole cache is a tuple of n_layer."""
+    return [2, batch_size, config.n_head, cache_len, config.head_dim]
+
+
+def empty_cache(config: GPT2Config, batch_size, cache_len, dtype=tf.float32) -> tuple:
+    return tuple(tf.zeros(past_shape(config, batch_size, cache_len), dtype) for _ in range(config.n_layer))
+
+
+def positions_from_mask(attention_mask):
+    """Position ids [B, T] of a left-padded batch: 0 at each row's first real token, 0 on pads."""
+    mask = tf.cast(attention_mask, tf.int32)
+    return tf.maximum(tf.cumsum(mask, axis=-1) - 1, 0)
+
+
+def logits(params, config: GPT2Config, input_ids, attention_mask):
+    """Full forward pass without a cache: [B, T] ids and 0/1 mask -> [B, T, V] float32 logits."""
+    input_ids = tf.convert_to_tensor(input_ids, tf.int32)
+    hidden, _ = forward(
+        params,
+        config,
+        input_ids,
+        positions_from_mask(attention_mask),
+        cache=None,
+        cache_index=0,
+        key_mask=attention_mask,
+    )
+    return lm_head(params, hidden)
+
+
+def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index, key_mask):
+    """Run T new tokens through every block, writing their K/V into the cache at `cache_index`.
+
+    input_ids, positions: [B, T] int32; cache: tuple of n_layer [2, B, H, S, D], or None to attend
+    over the T tokens alone (then S = T, cache_index = 0); cache_index: scalar, the slot of the first
+    new token; key_mask: [B, S] 1 where a slot holds a real token.
+    Returns (hidden [B, T, E] after ln_f, the cache with this call's K/V written in).
+    Writing into a cache needs XLA (`tf.function(jit_compile=True)`): it is an XLA dynamic-update-slice.
+    """
+    wte, wpe = params["model/wte"], params["model/wpe"]
+    x = tf.gather(wte, input_ids) + tf.gather(wpe, positions)  # [B, T, E]
+    bias = _attention_bias(tf.shape(input_ids)[1], key_mask, cache_index, x.dtype)  # [B, 1, T, S]
+    new_cache = []
+    for i in range(config.n_layer):
+        layer_cache = None if cache is None else cache[i]
+        x, layer_cache = block(params, f"model/h{i}", config, x, layer_cache, cache_index, bias)
+        new_cache.append(layer_cache)
+    x = layer_norm(x, params["model/ln_f/g"], params["model/ln_f/b"], config.layer_norm_epsilon)
+    return x, tuple(new_cache)
+
+
+def lm_head(params, hidden):
+    """[..., E] -> [..., V] float32 logits, with the output embedding tied to `wte`."""
+    wte = params["model/wte"]
+    out = tf.tensordot(hidden, wte, axes=[[hidden.shape.rank - 1], [1]])
+    return tf.cast(out, tf.float32)
+
+
+def block(params, scope, config, x, layer_cache, cache_index, bias):
+    """One transformer block (pre-LN): x + attn(ln_1(x)), then + mlp(ln_2(.))."""
+    eps = config.layer_norm_epsilon
+    a, layer_cache = attention(
+        params, f"{scope}/attn", config, layer_norm(x, params[f"{scope}/ln_1/g"], params[f"{scope}/ln_1/b"], eps),
+        layer_cache, cache_index, bias,
+    )
+    x = x + a
+    m = mlp(params, f"{scope}/mlp", layer_norm(x, params[f"{scope}/ln_2/g"], params[f"{scope}/ln_2/b"], eps))
+    return x + m, layer_cache
+
+
+def attention(params, scope, config, x, layer_cache, cache_index, bias):
+    """Causal self-attention over the cache. x [B, T, E]; layer_cache [2, B, H, S, D]."""
+    qkv = conv1d(x, params[f"{scope}/c_attn/w"], params[f"{scope}/c_attn/b"])  # [B, T, 3E]
+    q, k, v = (split_heads(t, config.n_head) for t in tf.split(qkv, 3, axis=-1))  # [B, H, T, D] each
+    if layer_cache is None:  # no cache: attend over this call's tokens only (cache_index must be 0)
+        layer_cache = tf.stack([k, v])
+    else:  # write this call's K/V at cache_index; under XLA an in-place update of the buffer
+        zero = tf.zeros([], tf.int32)
+        start = tf.stack([zero, zero, zero, tf.cast(cache_index, tf.int32), zero])
+        layer_cache = dynamic_update_slice(layer_cache, tf.stack([k, v]), start)
+    keys, values = layer_cache[0], layer_cache[1]  # [B, H, S, D]
+    scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(config.head_dim)) + bias  # [B, H, T, S]
+    weights = tf.nn.softmax(scores, axis=-1)
+    out = merge_heads(tf.matmul(weights, values))  # [B, T, E]
+    return conv1d(out, params[f"{scope}/c_proj/w"], params[f"{scope}/c_proj/b"]), layer_cache
+
+
+def mlp(params, scope, x):
+    h = gelu(conv1d(x, params[f"{scope}/c_fc/w"], params[f"{scope}/c_fc/b"]))  # [B, T, 4E]
+    return conv1d(h, params[f"{scope}/c_proj/w"], params[f"{scope}/c_proj/b"])
+
+
+def conv1d(x, w, b):
+    """GPT-2's Conv1D: x [..., nx] @ w [1, nx, nf] + b [nf] (a dense layer; the name is historical)."""
+    if w.shape.rank == 3:
+        w = w[0]  # [1, nx, nf] -> [nx, nf]
+    return tf.tensordot(x, w, axes=[[x.shape.rank - 1], [0]]) + b
+
+
+def layer_norm(x, g, b, epsilon):
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + epsilon) * g + b
+
+
+def gelu(x):
+    """The tanh approximation GPT-2 was trained with (HF `gelu_new`)."""
+    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
+
+
+def split_heads(x, n_head):
+    """[B, T, E] -> [B, H, T, D]."""
+    batch, length = tf.shape(x)[0], tf.shape(x)[1]
+    x = tf.reshape(x, [batch, length, n_head, x.shape[-1] // n_head])
+    return tf.transpose(x, [0, 2, 1, 3])
+
+
+def merge_heads(x):
+    """[B, H, T, D] -> [B, T, E]."""
+    batch, length = tf.shape(x)[0], tf.shape(x)[2]
+    x = tf.transpose(x, [0, 2, 1, 3])
+    return tf.reshape(x, [batch, length, x.shape[-2] * x.shape[-1]])
+
+
+def _attention_bias(n_new, key_mask, cache_index, dtype):
+    """[B, 1, T, S]: 0 where query t (slot cache_index + t) may see key slot s, NEG_INF elsewhere."""
+    n_slots = tf.shape(key_mask)[1]
+    query_slot = tf.cast(cache_index, tf.int32) + tf.range(n_new)[:, None]  # [T, 1]
+    causal = tf.range(n_slots)[None, :] <= query_slot  # [T, S]
+    allowed = tf.logical_and(causal[None, None], tf.cast(key_mask, tf.bool)[:, None, None, :])
+    return tf.where(allowed, tf.zeros([], dtype), tf.constant(NEG_INF, dtype))

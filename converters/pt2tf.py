@@ -1,0 +1,195 @@
+"""`python -m converters.pt2tf`: a PyTorch Chinese GPT-2 -> TF1 checkpoint, HF TF2 and SavedModel, verified.
+
+Everything is written into a temporary folder beside OUT_DIR and renamed into place only after every
+format has been reloaded and its logits checked, so a failure or Ctrl-C leaves no half-written OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from cngpt_tf import cli
+from cngpt_tf.config import GPT2Config, with_vocab, write_json
+from cngpt_tf.formats.pytorch import read_pytorch
+from cngpt_tf.formats.source import open_source
+
+from .output import check_output, move_into_place, workspace
+
+log = logging.getLogger("converters.pt2tf")
+
+FORMATS = ("tf1", "tf2", "saved_model")
+SAVED_MODEL_VERSION = "1"
+REPORT = "conversion_report.json"
+
+EXAMPLE = """\
+example:
+  # the seed release, downloaded as a zip (files may sit in a sub-folder of the zip)
+  python -m converters.pt2tf gpt2_L-12_H-768_A-12_CN.zip out/ --atol 1e-4
+  # -> out/tf1/ (openai/gpt-2 checkpoint), out/tf2/ (TFGPT2LMHeadModel), out/saved_model/1/,
+  #    out/conversion_report.json, and a table of the logits check per format
+
+  # no weights at hand: build a small random Chinese GPT-2 zip and convert it the same way
+  python -m converters.pt2tf --demo demo_out/
+"""
+
+
+def convert(
+    src: str,
+    out_dir: str | Path,
+    *,
+    formats: tuple[str, ...] = FORMATS,
+    overwrite: bool = False,
+    atol: float = 1e-4,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Convert `src` into `out_dir`; return the conversion report. Raises CngptError subclasses.
+
+    TensorFlow-heavy modules are imported inside the steps so that `--help` and bad-argument errors
+    answer at once instead of after TensorFlow's multi-second import.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    out_dir = Path(out_dir)
+    check_output(out_dir, overwrite)
+    steps = _Steps(["read", *formats, "verify"], progress)
+    with open_source(src, cache_dir=cache_dir, progress=progress) as files, workspace(out_dir) as work, \
+            logging_redirect_tqdm():  # log lines print above the bar instead of through it
+        with steps("read"):
+            config, vocab_ids = with_vocab(GPT2Config.from_file(files.config), files.vocab)
+            tensors = read_pytorch(files.weights)
+            log.info("%s: %d tensors, %s", files.weights, len(tensors), _describe(config))
+        written = {}
+        for fmt in formats:
+            with steps(fmt):
+                written[fmt] = _write(fmt, work, tensors, config, files)
+        with steps("verify"):
+            from .verify import check, table, verify_all
+
+            results = verify_all(written, tensors, config)
+        steps.close()
+        report = {
+            "source": str(src),
+            "weights": files.weights.name,
+            "config": dataclasses.asdict(config),
+            "special_tokens": vocab_ids,
+            "atol": atol,
+            "passed": all(r.passed(atol) for r in results),
+            "formats": {r.format: dataclasses.asdict(r) for r in results},
+            "seconds": steps.seconds,
+        }
+        write_json(work / REPORT, report)
+        print(table(results, atol))
+        check(results, atol)  # raises VerificationError: then nothing is moved into place
+        move_into_place(work, out_dir)
+    log.info("wrote %s", out_dir)
+    return report
+
+
+def _write(fmt: str, work: Path, tensors, config: GPT2Config, files) -> Path:
+    """Write one format under `work`; return the folder its verification reads."""
+    if fmt == "tf1":
+        from cngpt_tf.formats.tf1 import write_tf1
+
+        write_tf1(work / "tf1", tensors, config, files.vocab)
+        return work / "tf1"
+    if fmt == "tf2":
+        from cngpt_tf.formats.hf_tf2 import write_tf2
+
+        write_tf2(work / "tf2", tensors, config, files.vocab, do_lower_case=_do_lower_case(files.folder))
+        return work / "tf2"
+    from .saved_model import export_saved_model
+
+    folder = work / "saved_model" / SAVED_MODEL_VERSION
+    export_saved_model(folder, tensors, config, files.vocab)
+    return folder
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m converters.pt2tf",
+        description="Convert a PyTorch Chinese GPT-2 (folder, .zip, URL or hub id) to TF1, HF TF2 and "
+        "SavedModel formats, and verify the logits of each against the source weights.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("src", nargs="?", help="model folder, .zip, http(s):// URL of a zip, or hub model id")
+    parser.add_argument("out_dir", nargs="?", help="output folder (must be empty or absent unless --overwrite)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of %(default)s")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT_DIR")
+    parser.add_argument("--atol", type=float, default=1e-4, help="max abs logits difference (default %(default)s)")
+    parser.add_argument("--cache_dir", help="download cache for URLs (default $CNGPT_CACHE or ~/.cache/cngpt_tf)")
+    parser.add_argument("--demo", action="store_true", help="build a small random demo model zip and convert it")
+    cli.add_common_flags(parser)
+    args = parser.parse_args(argv)
+    paths = [p for p in (args.src, args.out_dir) if p is not None]
+    if len(paths) != (1 if args.demo else 2):
+        parser.error("give SRC OUT_DIR, or --demo OUT_DIR")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        parser.error(f"--formats: unknown format(s) {unknown or formats}; choose from {','.join(FORMATS)}")
+    cli.setup_logging(args.verbose)
+
+    def run():
+        if args.demo:
+            from .demo import build_demo_zip
+
+            src = str(build_demo_zip(cache_dir=args.cache_dir))
+            out = paths[0]
+        else:
+            src, out = paths
+        convert(src, out, formats=formats, overwrite=args.overwrite, atol=args.atol, cache_dir=args.cache_dir,
+                progress=not args.quiet)
+        print(f"done: {out}")
+
+    return cli.run_main(run)
+
+
+# ----- helpers ------------------------------------------------------------------------------------
+
+
+def _do_lower_case(folder: Path) -> bool:
+    path = folder / "tokenizer_config.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            return bool(json.loads(path.read_text(encoding="utf-8")).get("do_lower_case", True))
+    return True
+
+
+class _Steps:
+    """A tqdm bar over the conversion's steps that also records each step's wall time."""
+
+    def __init__(self, names: list[str], progress: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(names), desc="pt2tf", unit="step", disable=not progress)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.bar.set_postfix_str(name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        log.debug("%s: %.1f s", name, self.seconds[name])
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def _describe(config: GPT2Config) -> str:
+    return (f"{config.n_layer} layers, n_embd {config.n_embd}, {config.n_head} heads, "
+            f"vocab {config.n_vocab}, n_ctx {config.n_ctx}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
