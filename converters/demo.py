@@ -9,6 +9,7 @@ random (fixed seed): the demo shows the pipeline, not poetry.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zipfile
@@ -19,7 +20,7 @@ import numpy as np
 from cngpt_tf.config import GPT2Config
 from cngpt_tf.formats import names
 from cngpt_tf.formats.pytorch import write_pytorch
-import os
+from cngpt_tf.formats.source import default_cache_dir
 
 NAME = "gpt2_demo_CN"
 SEED = 20240501
@@ -72,9 +73,7 @@ def seed_style_config(config: GPT2Config) -> dict:
 
 def build_demo_zip(cache_dir: str | Path | None = None) -> Path:
     """Write (or reuse) `<cache>/demo/gpt2_demo_CN.zip` and return its path."""
-    import json
-
-    folder = Path(cache_dir or os.environ.get("CNGPT_CACHE") or "~/.cache/cngpt_tf").expanduser() / "demo"
+    folder = Path(cache_dir or default_cache_dir()) / "demo"
     path = folder / f"{NAME}.zip"
     if path.is_file():
         return path

@@ -79,6 +79,11 @@ def open_source(src: str | Path, *, cache_dir: str | Path | None = None,
         yield _files_in_folder(_hub_snapshot(src), src)
 
 
+def default_cache_dir() -> Path:
+    """Where downloads (and the demo model) are kept: $CNGPT_CACHE, else ~/.cache/cngpt_tf."""
+    return Path(os.environ.get("CNGPT_CACHE") or "~/.cache/cngpt_tf").expanduser()
+
+
 def _pick_weight(present: set[str], where: str) -> str:
     """Return the weight file to use among the `present` names; SourceError if a file is missing."""
     weight = next((w for w in WEIGHT_NAMES if w in present), None)
@@ -175,7 +180,7 @@ def _extract(path: Path, zf: zipfile.ZipFile, wanted: list[tuple[ZipInfo, str]],
 
 def _download(url: str, cache_dir: str | Path | None, progress: bool) -> Path:
     """Return the cached copy of `url`, downloading it first unless a complete copy is there."""
-    cache = Path(cache_dir or os.environ.get("CNGPT_CACHE") or "~/.cache/cngpt_tf").expanduser()
+    cache = Path(cache_dir or default_cache_dir())
     base = re.sub(r"[^\w.-]", "_", posixpath.basename(urllib.parse.urlsplit(url).path))
     target = cache / f"{hashlib.sha256(url.encode()).hexdigest()}-{base or 'download.zip'}"
     if target.is_file():  # only ever created by os.replace of a finished, checked download

@@ -1,0 +1,100 @@
+"""The decode loop: prefill the prompt, then one token per step, all inside one XLA computation.
+
+Model-agnostic: it drives any `step_fn(ids [B, T], positions [B, T], cache, index, key_mask [B, S])
+-> (logits [B, V] of the last position, cache)`, so tests run it with a fake model. The cache has a
+fixed number of slots S = P + N (prompt bucket + new-token bucket); each step writes one slot in place.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
+
+from .model import positions_from_mask
+from .sampling import Sampler, suppress
+
+
+def decode(
+    step_fn,
+    cache,
+    sampler: Sampler,
+    input_ids,
+    attention_mask,
+    new_tokens,
+    *,
+    max_new_tokens,
+    min_new_tokens,
+    eos_token_id,
+    pad_token_id,
+    seed,
+    temperature,
+    top_p,
+    penalty,
+    vocab_size: int,
+):
+    """Generate up to `max_new_tokens` tokens after left-padded prompts.
+
+    input_ids, attention_mask: [B, P] int32; new_tokens: [B, N] int32 buffer (its static N bounds
+    max_new_tokens, a runtime scalar); eos_token_id: scalar, -1 never stops. Rows that emit
+    end-of-text get `pad_token_id` afterwards. Returns (tokens [B, N], number of steps taken).
+    """
+    batch, prompt_len = input_ids.shape[0], input_ids.shape[1]
+    n_new = new_tokens.shape[1]
+    key_mask = tf.concat([attention_mask, tf.zeros([batch, n_new], tf.int32)], axis=1)  # [B, S]
+    positions = positions_from_mask(attention_mask)
+    logits, cache = step_fn(input_ids, positions, cache, 0, key_mask)  # prefill
+    seen = _one_hot_any(input_ids, attention_mask, vocab_size)  # [B, V] tokens in each sequence
+    state = dict(
+        step=tf.constant(0),
+        logits=logits,
+        cache=cache,
+        key_mask=key_mask,
+        position=positions[:, -1] + 1,  # [B] position of the next token
+        seen=seen,
+        finished=tf.zeros([batch], tf.bool),
+        tokens=new_tokens,
+    )
+
+    def keep_going(s):
+        return tf.logical_and(s["step"] < max_new_tokens, tf.logical_not(tf.reduce_all(s["finished"])))
+
+    def body(s):
+        step = s["step"]
+        logits = suppress(s["logits"], tf.maximum(eos_token_id, 0),
+                          tf.fill([batch], tf.logical_and(step < min_new_tokens, eos_token_id >= 0)))
+        token = sampler(logits, s["seen"], tf.stack([seed, step]), temperature, top_p, penalty)  # [B]
+        token = tf.where(s["finished"], pad_token_id, token)
+        finished = tf.logical_or(s["finished"], token == eos_token_id)
+        slot = prompt_len + step
+        key_mask = _set_column(s["key_mask"], slot, tf.ones([batch], tf.int32))
+        out = dict(
+            s,
+            step=step + 1,
+            key_mask=key_mask,
+            position=s["position"] + 1,
+            seen=tf.logical_or(s["seen"], tf.one_hot(token, vocab_size, on_value=True, off_value=False)),
+            finished=finished,
+            tokens=_set_column(s["tokens"], step, token),
+        )
+
+        def forward():  # skipped after the last token: its logits would never be used
+            return step_fn(token[:, None], s["position"][:, None], s["cache"], slot, key_mask)
+
+        out["logits"], out["cache"] = tf.cond(
+            step + 1 < max_new_tokens, forward, lambda: (s["logits"], s["cache"])
+        )
+        return (out,)
+
+    (final,) = tf.while_loop(keep_going, body, (state,), maximum_iterations=n_new)
+    return final["tokens"], final["step"]
+
+
+def _set_column(matrix, column, values):
+    """matrix[:, column] = values, as an in-place dynamic-update-slice under XLA."""
+    return dynamic_update_slice(matrix, values[:, None], tf.stack([tf.constant(0), tf.cast(column, tf.int32)]))
+
+
+def _one_hot_any(ids, mask, vocab_size):
+    """[B, V] bool: which vocab ids occur in each row's real (mask = 1) tokens."""
+    hot = tf.one_hot(ids, vocab_size, on_value=True, off_value=False)  # [B, P, V]
+    return tf.reduce_any(tf.logical_and(hot, tf.cast(mask, tf.bool)[:, :, None]), axis=1)

@@ -1,0 +1,230 @@
+"""`Generator`: XLA-compiled GPT-2 text generation with a KV cache, batched, over converted weights.
+
+    gen = Generator.from_pretrained("out/")          # a pt2tf OUT_DIR, its tf2/ or tf1/ folder
+    ids = gen.generate_ids([[101, 3209, 3299]], max_new_tokens=32)  # numpy [B, P + new]
+    gen.generate(["明月几时有，"], max_length=60, do_sample=True, top_k=8, seed=0)
+
+Prompts are left-padded and their length rounded up to a multiple of `BUCKET`, as is the number of
+new tokens, so that new lengths rarely trigger a new XLA compile. Each compiled function is cached
+per (batch, prompt bucket, new-token bucket, sampling strategy); temperature, top_p, the penalty,
+the seed and max_new_tokens are runtime inputs and never recompile.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from . import model
+from .config import GPT2Config, with_vocab
+from .decoding import decode
+from .errors import SourceError
+from .sampling import SamplingConfig, make_sampler
+
+log = logging.getLogger(__name__)
+
+BUCKET = 16
+
+
+class Generator:
+    def __init__(self, params: dict, config: GPT2Config, tokenizer=None):
+        """params: TF1-named weights (numpy or tensors), as `cngpt_tf.model` reads them."""
+        self.config = config
+        self.tokenizer = tokenizer
+        self.params = {k: tf.Variable(v, trainable=False, name=k.replace("/", "_")) for k, v in params.items()}
+        self._compiled = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, tokenizer: bool = True) -> "Generator":
+        """Load a pt2tf OUT_DIR (uses its tf2/), an HF TF GPT-2 folder (tf_model.h5), or a tf1/ folder."""
+        from .formats import names
+
+        folder = _model_folder(Path(path))
+        if (folder / "tf_model.h5").is_file():
+            from .formats.hf_tf2 import read_tf2 as read
+        else:
+            from .formats.tf1 import read_tf1 as read
+        config, pt_tensors = read(folder)
+        tok = None
+        if (folder / "vocab.txt").is_file():
+            config, _ = with_vocab(config, folder / "vocab.txt")
+            if tokenizer:
+                from .tokenizer import ChineseTokenizer
+
+                tok = ChineseTokenizer.from_pretrained(folder)
+        return cls(names.convert(pt_tensors, names.PT, names.TF1, config), config, tok)
+
+    # ----- id level -------------------------------------------------------------------------------
+
+    def generate_ids(
+        self,
+        input_ids,
+        attention_mask=None,
+        *,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        repetition_penalty: float = 1.0,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> np.ndarray:
+        """Generate after each prompt; return numpy int32 [B * num_return_sequences, P + new].
+
+        input_ids: a list of id lists (any lengths; left-padded here) or a [B, P] array with an
+        optional left-padded 0/1 attention_mask. Like HF `generate`: the result keeps the prompt
+        (padded to the longest), new tokens follow, rows that ended get `pad_token_id` after their
+        end-of-text, and it is as long as the longest row needed. `max_length` counts the prompt
+        (its padded length), `max_new_tokens` does not; give one. eos_token_id=-1 never stops.
+        """
+        sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty).validate()
+        ids, mask = _left_pad(input_ids, attention_mask, self._pad_id(pad_token_id))
+        max_new = _new_token_budget(ids, mask, max_new_tokens, max_length, self.config.n_ctx)
+        _check_int("min_new_tokens", min_new_tokens, 0)
+        _check_int("num_return_sequences", num_return_sequences, 1)
+        if num_return_sequences > 1 and not do_sample:
+            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy rows would be identical)")
+        if num_return_sequences > 1:
+            ids, mask = np.repeat(ids, num_return_sequences, 0), np.repeat(mask, num_return_sequences, 0)
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        eos = -1 if eos is None else eos
+        seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else seed
+
+        # Bucket: extra left padding, and a new-token buffer rounded up, so shapes repeat.
+        prompt_bucket = _round_up(ids.shape[1], BUCKET)
+        pad = prompt_bucket - ids.shape[1]
+        padded_ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self._pad_id(pad_token_id))
+        padded_mask = np.pad(mask, ((0, 0), (pad, 0)))
+        buffer = np.full((ids.shape[0], _round_up(max_new, BUCKET)), self._pad_id(pad_token_id), np.int32)
+        fn = self._compiled_decode(sampling)
+        tokens, steps = fn(
+            tf.constant(padded_ids), tf.constant(padded_mask), tf.constant(buffer),
+            tf.constant(max_new), tf.constant(min_new_tokens), tf.constant(eos), tf.constant(self._pad_id(pad_token_id)),
+            tf.constant(seed, tf.int32), tf.constant(temperature, tf.float32), tf.constant(top_p, tf.float32),
+            tf.constant(repetition_penalty, tf.float32),
+        )
+        return np.concatenate([ids, tokens.numpy()[:, : int(steps)]], axis=1)
+
+    def _compiled_decode(self, sampling: SamplingConfig):
+        """One tf.function (jit_compile) per sampling strategy; TF retraces it per shape bucket."""
+        key = sampling.trace_key
+        if key not in self._compiled:
+            sampler = make_sampler(sampling)
+            config, params = self.config, self.params
+
+            def step_fn(ids, positions, cache, index, key_mask):
+                hidden, cache = model.forward(params, config, ids, positions, cache, index, key_mask)
+                return model.lm_head(params, hidden[:, -1]), cache  # logits of the last position only
+
+            @tf.function(jit_compile=True, reduce_retracing=False)
+            def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty):
+                batch, slots = ids.shape[0], ids.shape[1] + buffer.shape[1]
+                cache = model.empty_cache(config, batch, slots, params["model/wte"].dtype)
+                return decode(
+                    step_fn, cache, sampler, ids, mask, buffer,
+                    max_new_tokens=max_new, min_new_tokens=min_new, eos_token_id=eos, pad_token_id=pad,
+                    seed=seed, temperature=temperature, top_p=top_p, penalty=penalty,
+                    vocab_size=config.n_vocab,
+                )
+
+            self._compiled[key] = run
+        return self._compiled[key]
+
+    def _pad_id(self, pad_token_id):
+        if pad_token_id is not None:
+            return pad_token_id
+        return self.config.pad_token_id if self.config.pad_token_id is not None else 0
+
+    # ----- text level -----------------------------------------------------------------------------
+
+    def generate(self, prompts, **kwargs) -> list[str]:
+        """Texts in, clean texts out (prompt + continuation), one per prompt x num_return_sequences."""
+        if self.tokenizer is None:
+            raise ValueError("this Generator has no tokenizer (no vocab.txt next to the weights)")
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        encoded = self.tokenizer.encode_batch(prompts)
+        for text, ids in zip(prompts, encoded):
+            if len(ids) >= self.config.n_ctx:
+                raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {self.config.n_ctx}: {text[:20]!r}…")
+        sequences = self.generate_ids(encoded, **kwargs)
+        n = kwargs.get("num_return_sequences", 1)
+        width = max(len(ids) for ids in encoded)
+        return [self._join(prompts[i // n], encoded[i // n], row[width:]) for i, row in enumerate(sequences)]
+
+    def _join(self, prompt: str, prompt_ids: list[int], new_ids) -> str:
+        """The user's own prompt text + the clean decode of what followed it.
+
+        Decoding prompt + continuation together keeps the spacing rule at their boundary (a Latin
+        word after a Latin word gets its space); the prompt part is then replaced by the original.
+        """
+        tok = self.tokenizer
+        full = tok.decode(list(prompt_ids) + [int(i) for i in new_ids])
+        prefix = tok.decode(prompt_ids)
+        return prompt + full[len(prefix):] if full.startswith(prefix) else full
+
+
+# ----- helpers --------------------------------------------------------------------------------------
+
+
+def _model_folder(path: Path) -> Path:
+    if (path / "tf2" / "tf_model.h5").is_file():
+        return path / "tf2"
+    if (path / "tf_model.h5").is_file() or (path / "hparams.json").is_file():
+        return path
+    raise SourceError(f"{path}: no tf_model.h5 or hparams.json here or in {path / 'tf2'} (convert with pt2tf first)")
+
+
+def _left_pad(input_ids, attention_mask, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged lists -> left-padded [B, P] ids and mask; arrays are checked to be left-padded."""
+    if isinstance(input_ids, (list, tuple)) and input_ids and not np.isscalar(input_ids[0]):
+        rows = [list(map(int, r)) for r in input_ids]
+        if attention_mask is None:
+            width = max(len(r) for r in rows)
+            if width == 0:
+                raise ValueError("input_ids: every prompt is empty; start it with the [CLS] id at least")
+            ids = np.array([[pad_id] * (width - len(r)) + r for r in rows], np.int32)
+            mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], np.int32)
+            return ids, mask
+    ids = np.asarray(input_ids, np.int32)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape {list(ids.shape)}")
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32).reshape(ids.shape)
+    if not np.all(np.diff(mask, axis=1) >= 0) or not np.all(mask[:, -1] == 1):
+        raise ValueError("attention_mask must be left-padded: 0s then 1s in each row, ending in a real token")
+    return ids, mask
+
+
+def _new_token_budget(ids, mask, max_new_tokens, max_length, n_ctx) -> int:
+    if (max_new_tokens is None) == (max_length is None):
+        raise ValueError("give exactly one of max_new_tokens and max_length")
+    if max_length is not None:
+        _check_int("max_length", max_length, 1)
+        if max_length <= ids.shape[1]:
+            raise ValueError(f"max_length={max_length} must exceed the prompt length {ids.shape[1]}")
+        max_new_tokens = max_length - ids.shape[1]
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    longest = int(mask.sum(1).max())
+    if longest + max_new_tokens > n_ctx:
+        what = f"max_length={max_length}" if max_length is not None else f"max_new_tokens={max_new_tokens}"
+        raise ValueError(f"{what}: prompt ({longest} tokens) + {max_new_tokens} new tokens exceed n_positions={n_ctx}")
+    return max_new_tokens
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny GPT-2 checkpoints made by torch with a fixed seed, and their conversions.
+
+Nothing is downloaded. The tiny model (2 layers, n_embd 64) uses a generated BERT-style Chinese
+vocab; `../shared/data/` (the real 21128-token vocab and corpus) is used when present.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports tensorflow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY = dict(n_positions=64, n_embd=64, n_layer=2, n_head=4)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: full-size (12-layer) checks; kept in CI")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "bert_chinese_vocab.txt").is_file():
+        pytest.skip(f"{SHARED_DATA} is absent (a fresh clone has no shared data)")
+    return SHARED_DATA
+
+
+def write_torch_model(folder: Path, vocab: list[str], seed: int = 0, safetensors: bool = False, **shape) -> Path:
+    """Save a random GPT2LMHeadModel with torch (as a real release is made) plus vocab.txt.
+
+    Every parameter gets extra noise, so biases and LayerNorm gains are not the trivial 0 / 1 of
+    GPT-2's init: a swapped or dropped tensor then changes the logits.
+    """
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(vocab), **{**TINY, **shape})  # bos/eos stay GPT-2's 50256
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=safetensors)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    return folder
+
+
+def torch_logits(folder_or_model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """HF PyTorch logits with positions from the mask (left padding), as generation computes them."""
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2LMHeadModel
+
+    model = folder_or_model
+    if not hasattr(model, "forward"):
+        model = GPT2LMHeadModel.from_pretrained(folder_or_model).eval()
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            position_ids=torch.tensor(positions, dtype=torch.long),
+        )
+    return out.logits.numpy()
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab() -> list[str]:
+    from converters.demo import demo_vocab
+
+    return demo_vocab()
+
+
+@pytest.fixture(scope="session")
+def tiny_pt_dir(tmp_path_factory, tiny_vocab) -> Path:
+    """A tiny torch-written GPT2LMHeadModel folder: pytorch_model.bin, config.json, vocab.txt."""
+    return write_torch_model(tmp_path_factory.mktemp("tiny_pt") / "model", tiny_vocab)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, tiny_pt_dir) -> Path:
+    """`pt2tf` output (all formats) of the tiny model."""
+    from converters.pt2tf import convert
+
+    out = tmp_path_factory.mktemp("converted") / "out"
+    convert(str(tiny_pt_dir), out, progress=False)
+    return out
