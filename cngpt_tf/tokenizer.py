@@ -1,0 +1,235 @@
+"""Tokenizer for Chinese GPT-2 models that use a BERT Chinese WordPiece vocab (e.g. GPT-12L-CN).
+
+Those models were trained on `[CLS] text [SEP]` with HF's slow `BertTokenizer`. `ChineseTokenizer`
+gives exactly the ids that tokenizer gives, puts `[CLS]` in front of prompts, and decodes ids back to
+clean text: no spaces between Chinese characters (HF's pipeline shows "明 月 几 时 有 ，"), `##`
+pieces joined, special tokens dropped, and `[SEP]` taken as the end of the text.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import ConfigError, VocabError
+from .vocab import CLS, MASK, PAD, SEP, UNK, read_vocab, special_token_ids
+
+_SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # the strings HF's BertTokenizer matches verbatim in input text
+_SPECIAL_RE = re.compile("(" + "|".join(map(re.escape, _SPECIALS)) + ")")
+_UNUSED_RE = re.compile(r"\[unused\d+\]")
+
+
+class ChineseTokenizer:
+    """BERT-Chinese WordPiece tokenizer for GPT-2: HF's slow `BertTokenizer` ids, clean decoding.
+
+    What a round trip keeps: `decode(encode(t)) == normalise(t)` for every text `t`, where
+    `normalise` applies what `BertTokenizer` does to text, in this order:
+
+    * `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]` written literally in `t` are those special
+      tokens (as in HF); so a literal `[SEP]` ends the decoded text and `[CLS]` etc. vanish;
+    * lower-cased (do_lower_case) and accents stripped (NFD, combining marks dropped; on whenever
+      lower-casing is, unless strip_accents=False); the result is NFC-normalised before this;
+    * NUL, U+FFFD and control/format/unassigned characters are deleted;
+    * the text is split into words at whitespace (which is dropped), around every CJK ideograph
+      and around every punctuation character (Unicode P*, plus all non-alphanumeric ASCII);
+    * a word WordPiece cannot spell from vocab pieces (a character not in the vocab, or a word
+      over 100 characters) becomes the literal "[UNK]" as a whole; we keep `[UNK]` visible rather
+      than dropping it, so that a reader sees that text was lost (the curly quotes “ ” and rare
+      characters are `[UNK]` in the standard vocab);
+    * the words are joined with one space between two neighbours only when both touching
+      characters are "word-like" (a letter or digit that is not a CJK ideograph); never next to
+      CJK, punctuation or `[UNK]`.
+
+    Whitespace is not stored in the ids, so it cannot come back: "明月 几时" decodes to "明月几时",
+    "hello   world" to "hello world", "hello, world" to "hello,world" (a space after punctuation
+    cannot be told from none). Text made only of vocab CJK characters and Chinese punctuation
+    round-trips exactly.
+
+    Only the slow `BertTokenizer` is used. On the 2,500-line CLUE sample `BertTokenizerFast` gave
+    identical ids about 7x faster, but over single code points it disagrees with the slow one on
+    ~760 assigned characters (newer Unicode punctuation, CJK extension E, Arabic marks): whole
+    words become `[UNK]`. The models were trained with the slow tokenizer's behaviour, no cheap
+    check at construction catches per-character differences, and prompts are short.
+    """
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **overrides) -> ChineseTokenizer:
+        """Load `folder/vocab.txt`, with the casing options of `folder/tokenizer_config.json` if any."""
+        folder = Path(folder)
+        kwargs = {}
+        config_path = folder / "tokenizer_config.json"
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{config_path}: cannot read tokenizer config ({e})") from e
+            if config.get("do_basic_tokenize", True) is False:
+                # Without the basic tokenizer CJK text is not split per character; no model we
+                # target does this, and normalise() would be wrong, so refuse rather than guess.
+                raise ConfigError(f"{config_path}: do_basic_tokenize=false is not supported")
+            for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
+                if key in config:
+                    kwargs[key] = config[key]
+        kwargs.update(overrides)
+        return cls(folder / "vocab.txt", **kwargs)
+
+    def __init__(self, vocab_file: str | Path, do_lower_case: bool = True, add_cls: bool = True,
+                 add_sep: bool = False, *, strip_accents: bool | None = None,
+                 tokenize_chinese_chars: bool = True):
+        # transformers pulls in torch (~2 s): import it only when a tokenizer is actually built.
+        from transformers import BertTokenizer
+
+        # Our own id -> token list (read as HF does, "\n" only) is the model's embedding table
+        # size and decodes every id, also ones HF's dict would lose to a duplicated token.
+        self._tokens = read_vocab(vocab_file)
+        self._ids = special_token_ids(self._tokens, vocab_file)
+        self._bert = BertTokenizer(str(vocab_file), do_lower_case=do_lower_case,
+                                   strip_accents=strip_accents,
+                                   tokenize_chinese_chars=tokenize_chinese_chars)
+        self.add_cls, self.add_sep = add_cls, add_sep
+        self._lower, self._split_cjk = do_lower_case, tokenize_chinese_chars
+        self._strip_accents = strip_accents is not False if do_lower_case else bool(strip_accents)
+        hidden = {self._ids[t] for t in (PAD, CLS, SEP, MASK) if t in self._ids}
+        hidden.update(i for i, t in enumerate(self._tokens) if _UNUSED_RE.fullmatch(t))
+        self._hidden = frozenset(hidden)
+
+    vocab_size = property(lambda self: len(self._tokens))
+    pad_token_id = property(lambda self: self._ids[PAD])
+    unk_token_id = property(lambda self: self._ids[UNK])
+    cls_token_id = property(lambda self: self._ids[CLS])
+    sep_token_id = property(lambda self: self._ids[SEP])
+    bos_token_id = property(lambda self: self._ids[CLS], doc="`[CLS]`: every training text began with it.")
+    eos_token_id = property(lambda self: self._ids[SEP], doc="`[SEP]`: every training text ended with it.")
+
+    def encode(self, text: str, *, add_cls: bool | None = None, add_sep: bool | None = None) -> list[int]:
+        """Ids of `text`, `[CLS]` first and no `[SEP]` unless told otherwise; never truncated."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes a str, not {type(text).__name__}")
+        ids = self._bert.convert_tokens_to_ids(self._bert.tokenize(text)) if text else []
+        if self.add_cls if add_cls is None else add_cls:
+            ids.insert(0, self.cls_token_id)
+        if self.add_sep if add_sep is None else add_sep:
+            ids.append(self.sep_token_id)
+        return ids
+
+    def encode_batch(self, texts: Iterable[str], *, add_cls: bool | None = None,
+                     add_sep: bool | None = None) -> list[list[int]]:
+        return [self.encode(t, add_cls=add_cls, add_sep=add_sep) for t in texts]
+
+    def decode(self, ids: Iterable[int], *, stop_at_eos: bool = True) -> str:
+        """Clean text of `ids` (list or 1-D numpy array); see the class docstring for the rules.
+
+        With `stop_at_eos` the text ends before the first `[SEP]`; otherwise `[SEP]` is dropped
+        like `[CLS]`, `[PAD]`, `[MASK]` and `[unusedN]`. `[UNK]` stays visible.
+        """
+        words: list[str] = []
+        size = len(self._tokens)
+        for i in map(operator.index, ids):  # operator.index: numpy ints pass, floats do not
+            if not 0 <= i < size:
+                raise VocabError(f"token id {i} is outside the vocab (size {size})")
+            if stop_at_eos and i == self.sep_token_id:
+                break
+            if i in self._hidden:
+                continue
+            token = self._tokens[i]
+            if token.startswith("##") and len(token) > 2:
+                if words:
+                    words[-1] += token[2:]
+                    continue
+                token = token[2:]  # a continuation with nothing before it: show the piece
+            words.append(token)
+        return _join(words)
+
+    def decode_batch(self, batch_ids: Iterable[Iterable[int]], *, stop_at_eos: bool = True) -> list[str]:
+        return [self.decode(ids, stop_at_eos=stop_at_eos) for ids in batch_ids]
+
+    def normalise(self, text: str, *, stop_at_eos: bool = True) -> str:
+        """The text `decode(encode(text))` gives, computed from `text` by the rules of the class docstring."""
+        words: list[str] = []
+        for part in _SPECIAL_RE.split(text):
+            if part in _SPECIALS:
+                if part == UNK:
+                    words.append(UNK)
+                elif part == SEP and stop_at_eos:
+                    break
+                continue
+            for word in self._basic_words(part):
+                # Only WordPiece knows whether a word can be spelled from vocab pieces.
+                known = self._bert.wordpiece_tokenizer.tokenize(word) != [UNK]
+                words.append(word if known else UNK)
+        return _join(words)
+
+    def _basic_words(self, text: str) -> list[str]:
+        """BERT's basic tokenization of text holding no special token (mirrors HF's BasicTokenizer)."""
+        if self._lower:
+            # HF lower-cases the raw text one character at a time (a regex match each), so the
+            # context-dependent final-sigma rule of str.lower() never applies.
+            text = "".join(c.lower() for c in text)
+        chars = []
+        for c in text:
+            if c in "\x00\ufffd" or _is_control(c):
+                continue
+            if c in " \t\n\r" or unicodedata.category(c) == "Zs":
+                chars.append(" ")
+            else:
+                chars.append(f" {c} " if self._split_cjk and _is_cjk(c) else c)
+        words = []
+        # str.split() also splits at U+2028/U+2029 and other separators BERT's cleaning keeps.
+        for word in unicodedata.normalize("NFC", "".join(chars)).split():
+            if self._lower:
+                word = word.lower()
+            if self._strip_accents:
+                word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
+            words.extend(_split_punctuation(word))
+        return " ".join(words).split()
+
+
+def _join(words: list[str]) -> str:
+    """Join words, with a space only where both touching characters are word-like."""
+    out: list[str] = []
+    for word in words:
+        if not word:
+            continue  # an empty vocab line decodes to nothing
+        if out and _is_wordlike(out[-1][-1]) and _is_wordlike(word[0]):
+            out.append(" ")
+        out.append(word)
+    return "".join(out)
+
+
+def _is_cjk(c: str) -> bool:
+    """A CJK ideograph, by the ranges BERT splits per character (not kana, hangul or CJK punctuation)."""
+    cp = ord(c)
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+            or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def _is_punctuation(c: str) -> bool:
+    """BERT's punctuation: Unicode P* plus every non-alphanumeric printable ASCII character."""
+    cp = ord(c)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(c).startswith("P")
+
+
+def _is_control(c: str) -> bool:
+    return c not in "\t\n\r" and unicodedata.category(c).startswith("C")
+
+
+def _is_wordlike(c: str) -> bool:
+    return unicodedata.category(c)[0] in "LN" and not _is_cjk(c)
+
+
+def _split_punctuation(word: str) -> list[str]:
+    pieces: list[str] = []
+    run = ""
+    for c in word:
+        if _is_punctuation(c):
+            pieces += [run, c] if run else [c]
+            run = ""
+        else:
+            run += c
+    return pieces + [run] if run else pieces
