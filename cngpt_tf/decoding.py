@@ -55,37 +55,43 @@ def decode(
         tokens=new_tokens,
     )
 
-    def keep_going(s):
-        return tf.logical_and(s["step"] < max_new_tokens, tf.logical_not(tf.reduce_all(s["finished"])))
-
-    def body(s):
+    def choose(s):
+        """Pick each row's next token from s["logits"] and record it (no model call)."""
         step = s["step"]
-        logits = suppress(s["logits"], tf.maximum(eos_token_id, 0),
-                          tf.fill([batch], tf.logical_and(step < min_new_tokens, eos_token_id >= 0)))
+        early = tf.logical_and(step < min_new_tokens, eos_token_id >= 0)
+        logits = suppress(s["logits"], tf.maximum(eos_token_id, 0), tf.fill([batch], early))
         token = sampler(logits, s["seen"], tf.stack([seed, step]), temperature, top_p, penalty)  # [B]
         token = tf.where(s["finished"], pad_token_id, token)
-        finished = tf.logical_or(s["finished"], token == eos_token_id)
-        slot = prompt_len + step
-        key_mask = _set_column(s["key_mask"], slot, tf.ones([batch], tf.int32))
-        out = dict(
+        return dict(
             s,
             step=step + 1,
-            key_mask=key_mask,
-            position=s["position"] + 1,
+            token=token,
+            key_mask=_set_column(s["key_mask"], prompt_len + step, tf.ones([batch], tf.int32)),
             seen=tf.logical_or(s["seen"], tf.one_hot(token, vocab_size, on_value=True, off_value=False)),
-            finished=finished,
+            finished=tf.logical_or(s["finished"], token == eos_token_id),
             tokens=_set_column(s["tokens"], step, token),
         )
 
-        def forward():  # skipped after the last token: its logits would never be used
-            return step_fn(token[:, None], s["position"][:, None], s["cache"], slot, key_mask)
+    def choose_and_forward(s):
+        s = choose(s)
+        slot = prompt_len + s["step"] - 1
+        s["logits"], s["cache"] = step_fn(s["token"][:, None], s["position"][:, None], s["cache"], slot, s["key_mask"])
+        s["position"] = s["position"] + 1
+        return (s,)
 
-        out["logits"], out["cache"] = tf.cond(
-            step + 1 < max_new_tokens, forward, lambda: (s["logits"], s["cache"])
-        )
-        return (out,)
+    def unfinished(s):
+        return tf.logical_not(tf.reduce_all(s["finished"]))
 
-    (final,) = tf.while_loop(keep_going, body, (state,), maximum_iterations=n_new)
+    # Every token but the last is fed back through the model; the last needs no forward pass, so it
+    # is chosen after the loop (a tf.cond around the forward pass would copy the cache each step).
+    (s,) = tf.while_loop(
+        lambda s: tf.logical_and(s["step"] < max_new_tokens - 1, unfinished(s)),
+        choose_and_forward,
+        (dict(state, token=tf.zeros([batch], tf.int32)),),
+        maximum_iterations=n_new,
+    )
+    rest = {k: v for k, v in s.items() if k != "cache"}
+    final = tf.cond(unfinished(s), lambda: choose(rest), lambda: rest)
     return final["tokens"], final["step"]
 
 

@@ -30,18 +30,17 @@ BUCKET = 16
 
 
 class Generator:
-    def __init__(self, params: dict, config: GPT2Config, tokenizer=None):
-        """params: TF1-named weights (numpy or tensors), as `cngpt_tf.model` reads them."""
+    def __init__(self, pt_tensors: dict, config: GPT2Config, tokenizer=None):
+        """pt_tensors: PyTorch-named numpy weights (what every reader in `cngpt_tf.formats` returns)."""
         self.config = config
         self.tokenizer = tokenizer
-        self.params = {k: tf.Variable(v, trainable=False, name=k.replace("/", "_")) for k, v in params.items()}
+        packed = model.params_from_pt(pt_tensors, config)
+        self.params = {k: tf.Variable(v, trainable=False, name=k.replace("/", "_")) for k, v in packed.items()}
         self._compiled = {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, tokenizer: bool = True) -> "Generator":
         """Load a pt2tf OUT_DIR (uses its tf2/), an HF TF GPT-2 folder (tf_model.h5), or a tf1/ folder."""
-        from .formats import names
-
         folder = _model_folder(Path(path))
         if (folder / "tf_model.h5").is_file():
             from .formats.hf_tf2 import read_tf2 as read
@@ -55,7 +54,7 @@ class Generator:
                 from .tokenizer import ChineseTokenizer
 
                 tok = ChineseTokenizer.from_pretrained(folder)
-        return cls(names.convert(pt_tensors, names.PT, names.TF1, config), config, tok)
+        return cls(pt_tensors, config, tok)
 
     # ----- id level -------------------------------------------------------------------------------
 
@@ -124,7 +123,7 @@ class Generator:
                 hidden, cache = model.forward(params, config, ids, positions, cache, index, key_mask)
                 return model.lm_head(params, hidden[:, -1]), cache  # logits of the last position only
 
-            @tf.function(jit_compile=True, reduce_retracing=False)
+            @tf.function(jit_compile=True, autograph=False)  # loops are explicit tf.while_loop
             def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty):
                 batch, slots = ids.shape[0], ids.shape[1] + buffer.shape[1]
                 cache = model.empty_cache(config, batch, slots, params["model/wte"].dtype)

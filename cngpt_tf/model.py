@@ -1,8 +1,12 @@
 """GPT-2 in pure TensorFlow functions over the openai/gpt-2 weight layout, with a fixed-size KV cache.
 
-`params` maps TF1 names (`model/h0/attn/c_attn/w`, ...) to tensors of their TF1 shapes, exactly what
-`OUT_DIR/tf1` holds. The same functions serve the conversion check, the SavedModel signatures and
-the XLA decode loop, so there is one GPT-2 in this project, not one per use.
+`params` is the dict `pack_params()` makes from the TF1 tensors (`OUT_DIR/tf1`'s names and shapes):
+the same names, except that each Conv1D's `w` [1, nx, nf] and `b` [nf] become one `wb` [nf, nx + 1]
+(transposed, bias as the last column). On CPU, XLA runs `x @ w + b` as a dot fused with its bias
+add that reads the weights at about two thirds of the speed of a plain dot against a transposed
+matrix; `[x, 1] @ wb.T` is that plain dot and adds the bias in the same pass
+(benchmarks/generation.py measures the whole model). The same functions serve the conversion check,
+the SavedModel signatures and the XLA decode loop: one GPT-2 in this project, not one per use.
 
 Notation: B batch, T new tokens this call, S cache slots, E n_embd, H n_head, D head_dim, V n_vocab.
 The sequence is left-padded: slot j of the cache holds token j of the padded sequence, so "causal"
@@ -13,12 +17,33 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice  # also what HF's TF generate uses
 
 from .config import GPT2Config
+from .formats import names
 
+CONV1D_SCOPES = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
 NEG_INF = -1e9  # added to masked attention scores; finite so a fully masked (pad) row stays NaN-free
+
+
+def params_from_pt(pt_tensors: dict, config: GPT2Config) -> dict:
+    """PyTorch-named numpy weights (the converters' canonical form) -> packed params."""
+    return pack_params(names.convert(pt_tensors, names.PT, names.TF1, config))
+
+
+def pack_params(tf1: dict) -> dict:
+    """TF1-layout numpy weights -> the layout these functions read (see the module docstring)."""
+    packed = {}
+    for name, value in tf1.items():
+        scope, leaf = name.rsplit("/", 1)
+        if scope.endswith(CONV1D_SCOPES) and leaf == "w":
+            w, b = np.asarray(value), np.asarray(tf1[f"{scope}/b"])
+            packed[f"{scope}/wb"] = np.ascontiguousarray(np.concatenate([w[0].T, b[:, None]], axis=1))
+        elif not (scope.endswith(CONV1D_SCOPES) and leaf == "b"):
+            packed[name] = value
+    return packed
 
 
 def past_shape(config: GPT2Config, batch_size, cache_len) -> list:
@@ -93,7 +118,7 @@ def block(params, scope, config, x, layer_cache, cache_index, bias):
 
 def attention(params, scope, config, x, layer_cache, cache_index, bias):
     """Causal self-attention over the cache. x [B, T, E]; layer_cache [2, B, H, S, D]."""
-    qkv = conv1d(x, params[f"{scope}/c_attn/w"], params[f"{scope}/c_attn/b"])  # [B, T, 3E]
+    qkv = conv1d(x, params[f"{scope}/c_attn/wb"])  # [B, T, 3E]
     q, k, v = (split_heads(t, config.n_head) for t in tf.split(qkv, 3, axis=-1))  # [B, H, T, D] each
     if layer_cache is None:  # no cache: attend over this call's tokens only (cache_index must be 0)
         layer_cache = tf.stack([k, v])
@@ -105,19 +130,18 @@ def attention(params, scope, config, x, layer_cache, cache_index, bias):
     scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(config.head_dim)) + bias  # [B, H, T, S]
     weights = tf.nn.softmax(scores, axis=-1)
     out = merge_heads(tf.matmul(weights, values))  # [B, T, E]
-    return conv1d(out, params[f"{scope}/c_proj/w"], params[f"{scope}/c_proj/b"]), layer_cache
+    return conv1d(out, params[f"{scope}/c_proj/wb"]), layer_cache
 
 
 def mlp(params, scope, x):
-    h = gelu(conv1d(x, params[f"{scope}/c_fc/w"], params[f"{scope}/c_fc/b"]))  # [B, T, 4E]
-    return conv1d(h, params[f"{scope}/c_proj/w"], params[f"{scope}/c_proj/b"])
+    h = gelu(conv1d(x, params[f"{scope}/c_fc/wb"]))  # [B, T, 4E]
+    return conv1d(h, params[f"{scope}/c_proj/wb"])
 
 
-def conv1d(x, w, b):
-    """GPT-2's Conv1D: x [..., nx] @ w [1, nx, nf] + b [nf] (a dense layer; the name is historical)."""
-    if w.shape.rank == 3:
-        w = w[0]  # [1, nx, nf] -> [nx, nf]
-    return tf.tensordot(x, w, axes=[[x.shape.rank - 1], [0]]) + b
+def conv1d(x, wb):
+    """GPT-2's Conv1D (a dense layer): x [..., nx] @ w + b, as [x, 1] @ wb.T with wb [nf, nx + 1]."""
+    x = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)
+    return tf.tensordot(x, wb, axes=[[x.shape.rank - 1], [1]])
 
 
 def layer_norm(x, g, b, epsilon):

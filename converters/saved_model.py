@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from cngpt_tf import model
 from cngpt_tf.config import GPT2Config
-from cngpt_tf.formats import names
 
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32, name="input_ids")
 MASK_SPEC = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
@@ -26,9 +25,8 @@ class GPT2Module(tf.Module):
     def __init__(self, config: GPT2Config, pt_tensors: dict[str, np.ndarray], vocab: str | Path):
         super().__init__(name="cngpt")
         self.config = config
-        tf1 = names.convert(pt_tensors, names.PT, names.TF1, config)
-        # Keys keep the TF1 names ("model/h0/attn/c_attn/w"), so model.py reads them unchanged.
-        self.params = {name: tf.Variable(value, trainable=False, name=name) for name, value in tf1.items()}
+        packed = model.params_from_pt(pt_tensors, config)
+        self.params = {name: tf.Variable(value, trainable=False, name=name) for name, value in packed.items()}
         self.vocab = tf.saved_model.Asset(str(vocab))
 
     @tf.function(input_signature=[IDS_SPEC, MASK_SPEC])

@@ -18,7 +18,6 @@ import tensorflow as tf
 from cngpt_tf import model
 from cngpt_tf.config import GPT2Config
 from cngpt_tf.errors import VerificationError
-from cngpt_tf.formats import names
 from cngpt_tf.formats.hf_tf2 import read_tf2
 from cngpt_tf.formats.tf1 import read_tf1
 
@@ -54,8 +53,7 @@ def fixed_batch(config: GPT2Config, seq_len: int = 16) -> tuple[np.ndarray, np.n
 
 
 def reference_logits(pt_tensors, config: GPT2Config, ids, mask) -> np.ndarray:
-    tf1 = names.convert(pt_tensors, names.PT, names.TF1, config)
-    params = {k: tf.constant(v) for k, v in tf1.items()}
+    params = {k: tf.constant(v) for k, v in model.params_from_pt(pt_tensors, config).items()}
     return model.logits(params, config, ids, mask).numpy()
 
 
