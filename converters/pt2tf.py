@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cngpt_tf import cli
 from cngpt_tf.config import GPT2Config, with_vocab, write_json
+from cngpt_tf.formats import names
 from cngpt_tf.formats.pytorch import read_pytorch
 from cngpt_tf.formats.source import open_source
 
@@ -65,6 +66,7 @@ def convert(
         with steps("read"):
             config, vocab_ids = with_vocab(GPT2Config.from_file(files.config), files.vocab)
             tensors = read_pytorch(files.weights)
+            names.check(tensors, names.PT, config, origin=str(files.weights))  # before writing anything
             log.info("%s: %d tensors, %s", files.weights, len(tensors), _describe(config))
         written = {}
         for fmt in formats:

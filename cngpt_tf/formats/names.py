@@ -123,6 +123,11 @@ def convert(
     return out
 
 
+def check(tensors: dict[str, np.ndarray], fmt: str, config: GPT2Config, origin: str) -> None:
+    """Raise WeightMappingError naming `origin` unless `tensors` are exactly `config`'s `fmt` weights."""
+    convert(tensors, fmt, fmt, config, origin)
+
+
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; expected one of {FORMATS}")

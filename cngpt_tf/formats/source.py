@@ -29,7 +29,7 @@ from zipfile import ZipInfo
 
 from tqdm import tqdm
 
-from ..errors import CheckpointError, SourceError, UnsafeArchiveError
+from ..errors import CheckpointError, CngptError, SourceError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,14 @@ def _open_zip(path: Path, origin: str) -> Iterator[ModelFiles]:
             tmp = Path(tempfile.mkdtemp(prefix="cngpt_src_"))
             log.info("%s: extracting %s into %s", path, ", ".join(n for _, n in wanted), tmp)
             _extract(path, zf, wanted, tmp)
-        yield _files_in_folder(tmp, origin)
+        try:
+            yield _files_in_folder(tmp, origin)
+        except CngptError as e:
+            # Errors about an extracted file would name a temp folder the user never sees (and
+            # that is gone by now): name the member inside their zip instead.
+            inner = {name: info.filename for info, name in wanted}
+            message = re.sub(re.escape(str(tmp)) + r"/([^\s:]+)", lambda m: f"{path}:{inner.get(m.group(1), m.group(1))}", str(e))
+            raise type(e)(message) from e
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -527,9 +527,6 @@ def test_bad_input_fails_closed(make, tiny_pt_dir, tmp_path, capsys):
     assert not (tmp_path / "pwned").exists()  # the hostile pickle ran nothing
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: a config/weights shape mismatch is caught by "
-                   "names.convert() inside the first writer, whose default origin is 'checkpoint', so the "
-                   "one-line error names no file")
 def test_shape_mismatch_error_names_the_weights_file(tiny_pt_dir, tmp_path, capsys):
     model = copy_model(tiny_pt_dir, tmp_path / "model")
     _edit_config(model, n_embd=32)
@@ -609,3 +606,14 @@ def test_demo(tmp_path, capsys):
     assert report["passed"] is True and set(report["formats"]) == {"tf1", "tf2", "saved_model"}
     assert f"done: {out}" in stdout
     assert (tmp_path / "cache" / "demo" / "gpt2_demo_CN.zip").is_file()
+
+
+def test_corrupt_weights_inside_zip_named_as_zip_member(tiny_pt_dir, tmp_path, capsys):
+    """The error names the user's zip and the member, not the deleted temp folder it was read from."""
+    model = copy_model(tiny_pt_dir, tmp_path / "model")
+    weights = model / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    archive = zip_model(model, tmp_path / "release.zip", sub="gpt2_CN")
+    rc, _, err = run_main([archive, tmp_path / "out", "-q"], capsys)
+    line = assert_failed_cleanly(rc, err, tmp_path / "out", f"{archive}:gpt2_CN/pytorch_model.bin")
+    assert "cngpt_src_" not in line
