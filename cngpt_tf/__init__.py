@@ -7,3 +7,20 @@ see `cngpt_tf._keras_env`.
 from . import _keras_env  # noqa: F401  (must run before anything imports tensorflow)
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "pipeline": ("pipeline", "pipeline"),
+    "Generator": ("generator", "Generator"),
+    "ChineseTokenizer": ("tokenizer", "ChineseTokenizer"),
+    "GPT2Config": ("config", "GPT2Config"),
+}
+
+
+def __getattr__(name):
+    """Import the heavy parts (TensorFlow, transformers) on first use, not on `import cngpt_tf`."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cngpt_tf' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(f".{module}", __name__), attr)

@@ -1,0 +1,67 @@
+"""`python -m cngpt_tf.generate PATH PROMPT...`: generate Chinese text from a converted model.
+
+Prints one generated text per line (several per prompt with --num_return_sequences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import cli
+
+log = logging.getLogger("cngpt_tf.generate")
+
+EXAMPLE = """\
+example:
+  python -m converters.pt2tf --demo demo_out/          # or convert a real model
+  python -m cngpt_tf.generate demo_out/ "明月几时有，" --max_length 60 --do_sample --top_k 8 --seed 0
+  python -m cngpt_tf.generate demo_out/ "床前明月光，" "春眠不觉晓，" --max_new_tokens 32   # a batch
+"""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cngpt_tf.generate",
+        description="Generate text with a Chinese GPT-2 converted by pt2tf (XLA-compiled, KV cache).",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="pt2tf OUT_DIR, or its tf2/ or tf1/ folder")
+    parser.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--max_length", type=int, help="total length in tokens, prompt included")
+    length.add_argument("--max_new_tokens", type=int, help="new tokens (default 50 unless --max_length)")
+    parser.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--repetition_penalty", type=float, default=1.0, help="CTRL penalty (1.0: off)")
+    parser.add_argument("--num_return_sequences", type=int, default=1)
+    parser.add_argument("--seed", type=int, help="makes sampling reproducible")
+    cli.add_common_flags(parser)
+    args = parser.parse_args(argv)
+    cli.setup_logging(args.verbose)
+
+    def run():
+        from .generator import Generator
+
+        generator = Generator.from_pretrained(args.model)
+        length = {"max_length": args.max_length} if args.max_length else {"max_new_tokens": args.max_new_tokens or 50}
+        try:
+            texts = generator.generate(
+                args.prompts, do_sample=args.do_sample, top_k=args.top_k, top_p=args.top_p,
+                temperature=args.temperature, repetition_penalty=args.repetition_penalty,
+                num_return_sequences=args.num_return_sequences, seed=args.seed, **length,
+            )
+        except ValueError as e:  # a bad parameter: the library names it
+            parser.error(str(e))
+        for text in texts:
+            print(text)
+
+    return cli.run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
