@@ -10,8 +10,33 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
+from . import model
 from .model import positions_from_mask
 from .sampling import Sampler, suppress
+
+
+def compile_decoder(params, config, sampler: Sampler):
+    """The GPT-2 decode loop over `params` as one XLA computation.
+
+    Returns fn(ids [B, P], mask [B, P], buffer [B, N], max_new, min_new, eos, pad, seed,
+    temperature, top_p, penalty) -> (tokens [B, N], steps); P and N should be bucketed by the caller.
+    """
+
+    def step_fn(ids, positions, cache, index, key_mask):
+        hidden, cache = model.forward(params, config, ids, positions, cache, index, key_mask)
+        return model.lm_head(params, hidden[:, -1]), cache  # logits of the last position only
+
+    @tf.function(jit_compile=True, autograph=False)  # the loops are explicit tf.while_loop
+    def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty):
+        batch, slots = _dim(ids, 0), _dim(ids, 1) + _dim(buffer, 1)
+        cache = model.empty_cache(config, batch, slots, params["model/wte"].dtype)
+        return decode(
+            step_fn, cache, sampler, ids, mask, buffer,
+            max_new_tokens=max_new, min_new_tokens=min_new, eos_token_id=eos, pad_token_id=pad,
+            seed=seed, temperature=temperature, top_p=top_p, penalty=penalty, vocab_size=config.n_vocab,
+        )
+
+    return run
 
 
 def decode(
@@ -34,12 +59,12 @@ def decode(
 ):
     """Generate up to `max_new_tokens` tokens after left-padded prompts.
 
-    input_ids, attention_mask: [B, P] int32; new_tokens: [B, N] int32 buffer (its static N bounds
+    input_ids, attention_mask: [B, P] int32; new_tokens: [B, N] int32 buffer (N bounds
     max_new_tokens, a runtime scalar); eos_token_id: scalar, -1 never stops. Rows that emit
     end-of-text get `pad_token_id` afterwards. Returns (tokens [B, N], number of steps taken).
     """
-    batch, prompt_len = input_ids.shape[0], input_ids.shape[1]
-    n_new = new_tokens.shape[1]
+    # Dynamic sizes: a SavedModel signature traces this with an unknown batch and prompt length.
+    batch, prompt_len, n_new = _dim(input_ids, 0), _dim(input_ids, 1), _dim(new_tokens, 1)
     key_mask = tf.concat([attention_mask, tf.zeros([batch, n_new], tf.int32)], axis=1)  # [B, S]
     positions = positions_from_mask(attention_mask)
     logits, cache = step_fn(input_ids, positions, cache, 0, key_mask)  # prefill
@@ -93,6 +118,11 @@ def decode(
     rest = {k: v for k, v in s.items() if k != "cache"}
     final = tf.cond(unfinished(s), lambda: choose(rest), lambda: rest)
     return final["tokens"], final["step"]
+
+
+def _dim(tensor, axis):
+    """A static size where tracing knows it (keeps loop shapes fixed), else the runtime one."""
+    return tensor.shape[axis] if tensor.shape[axis] is not None else tf.shape(tensor)[axis]
 
 
 def _set_column(matrix, column, values):

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from . import model
 from .config import GPT2Config, with_vocab
-from .decoding import decode
+from .decoding import compile_decoder
 from .errors import SourceError
 from .sampling import SamplingConfig, make_sampler
 
@@ -86,6 +86,10 @@ class Generator:
         """
         sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty).validate()
         ids, mask = _left_pad(input_ids, attention_mask, self._pad_id(pad_token_id))
+        bad = (ids < 0) | (ids >= self.config.n_vocab)
+        if np.any(bad & (mask == 1)):
+            raise ValueError(f"input_ids: id {int(ids[bad & (mask == 1)][0])} is outside the vocab of "
+                             f"{self.config.n_vocab} tokens")
         max_new = _new_token_budget(ids, mask, max_new_tokens, max_length, self.config.n_ctx)
         _check_int("min_new_tokens", min_new_tokens, 0)
         _check_int("num_return_sequences", num_return_sequences, 1)
@@ -113,28 +117,10 @@ class Generator:
         return np.concatenate([ids, tokens.numpy()[:, : int(steps)]], axis=1)
 
     def _compiled_decode(self, sampling: SamplingConfig):
-        """One tf.function (jit_compile) per sampling strategy; TF retraces it per shape bucket."""
+        """One compiled decoder per sampling strategy; TF retraces it per shape bucket."""
         key = sampling.trace_key
         if key not in self._compiled:
-            sampler = make_sampler(sampling)
-            config, params = self.config, self.params
-
-            def step_fn(ids, positions, cache, index, key_mask):
-                hidden, cache = model.forward(params, config, ids, positions, cache, index, key_mask)
-                return model.lm_head(params, hidden[:, -1]), cache  # logits of the last position only
-
-            @tf.function(jit_compile=True, autograph=False)  # loops are explicit tf.while_loop
-            def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty):
-                batch, slots = ids.shape[0], ids.shape[1] + buffer.shape[1]
-                cache = model.empty_cache(config, batch, slots, params["model/wte"].dtype)
-                return decode(
-                    step_fn, cache, sampler, ids, mask, buffer,
-                    max_new_tokens=max_new, min_new_tokens=min_new, eos_token_id=eos, pad_token_id=pad,
-                    seed=seed, temperature=temperature, top_p=top_p, penalty=penalty,
-                    vocab_size=config.n_vocab,
-                )
-
-            self._compiled[key] = run
+            self._compiled[key] = compile_decoder(self.params, self.config, make_sampler(sampling))
         return self._compiled[key]
 
     def _pad_id(self, pad_token_id):
@@ -148,8 +134,7 @@ class Generator:
         """Texts in, clean texts out (prompt + continuation), one per prompt x num_return_sequences."""
         if self.tokenizer is None:
             raise ValueError("this Generator has no tokenizer (no vocab.txt next to the weights)")
-        single = isinstance(prompts, str)
-        prompts = [prompts] if single else list(prompts)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         encoded = self.tokenizer.encode_batch(prompts)
         for text, ids in zip(prompts, encoded):
             if len(ids) >= self.config.n_ctx:

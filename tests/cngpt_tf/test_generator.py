@@ -1,0 +1,312 @@
+"""Generator on the tiny converted model: token-for-token parity with HF PyTorch `generate`, loading
+every output folder, sampling, shape buckets (no retrace), input checks before any compile, text.
+
+XLA compiles are the cost here (about a second each for the tiny model), so the tests share one
+Generator and reuse few (batch, bucket, strategy) shapes. The slow test repeats the parity check on a
+full-size (12-layer, 21128-token) random model.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from cngpt_tf.generator import BUCKET, Generator
+from cngpt_tf.sampling import SamplingConfig
+from tests.conftest import write_torch_model
+
+torch = pytest.importorskip("torch")
+
+CLS, SEP, PAD = 101, 102, 0
+# ids below the tiny demo vocab's 1803 tokens
+PROMPTS = [[CLS, 1200, 1210, 1220], [CLS, 300], [CLS, 1500, 1600, 1700, 1750, 1790, 400]]
+NEW = 20
+
+
+@pytest.fixture(scope="module")
+def gen(converted):
+    return Generator.from_pretrained(converted)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_pt_dir):
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(tiny_pt_dir).eval()
+
+
+def left_pad(prompts, pad=PAD):
+    width = max(map(len, prompts))
+    ids = np.array([[pad] * (width - len(p)) + list(p) for p in prompts], np.int64)
+    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], np.int64)
+    return ids, mask
+
+
+def hf_generate(model, ids, mask, **kwargs):
+    """HF greedy (unless told otherwise) from already left-padded ids."""
+    kwargs.setdefault("do_sample", False)
+    with torch.no_grad():
+        out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), pad_token_id=PAD, **kwargs)
+    return out.numpy()
+
+
+def tracing_counts(gen):
+    return {key: fn.experimental_get_tracing_count() for key, fn in gen._compiled.items()}
+
+
+# ----- greedy parity with HF PyTorch -----------------------------------------------------------------
+
+
+def test_greedy_batch_1_equals_hf(gen, hf):
+    ids, mask = left_pad(PROMPTS[:1])
+    ours = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1)
+    ref = hf_generate(hf, ids, mask, max_new_tokens=NEW)
+    assert ours.dtype == np.int32 and ours.shape == (1, len(PROMPTS[0]) + NEW)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_greedy_left_padded_batch_equals_hf(gen, hf):
+    ids, mask = left_pad(PROMPTS)
+    ref = hf_generate(hf, ids, mask, max_new_tokens=NEW)
+    np.testing.assert_array_equal(gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1), ref)
+    # ragged lists are left-padded the same way
+    np.testing.assert_array_equal(gen.generate_ids(PROMPTS, max_new_tokens=NEW, eos_token_id=-1), ref)
+
+
+def first_new_token_emitted_mid_sequence(row, prompt_width, start=2):
+    """A token the model emits for the first time at new position >= start."""
+    new = row[prompt_width:].tolist()
+    for i in range(start, len(new)):
+        if new[i] not in new[:i]:
+            return new[i], i
+    pytest.skip("the model repeats one token from the start; no mid-sequence eos candidate")
+
+
+def test_eos_stops_rows_like_hf(gen, hf):
+    ids, mask = left_pad(PROMPTS)
+    plain = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1)
+    eos, at = first_new_token_emitted_mid_sequence(plain[0], ids.shape[1])
+
+    ours = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=eos)
+    ref = hf_generate(hf, ids, mask, max_new_tokens=NEW, eos_token_id=eos)
+    np.testing.assert_array_equal(ours, ref)
+    width = ids.shape[1]
+    assert ours[0, width + at] == eos and (ours[0, width + at + 1:] == PAD).all()  # row 0 stopped, padded
+    assert (ours[:, width:] != PAD).all(axis=1).any()  # while another row ran on
+
+    # alone, the row that stops makes the result end at its eos
+    one = gen.generate_ids(ids[:1], mask[:1], max_new_tokens=NEW, eos_token_id=eos)
+    np.testing.assert_array_equal(one, hf_generate(hf, ids[:1], mask[:1], max_new_tokens=NEW, eos_token_id=eos))
+    assert one.shape[1] == width + at + 1
+
+
+def test_min_new_tokens_equals_hf(gen, hf):
+    ids, mask = left_pad(PROMPTS[:1])
+    plain = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1)
+    eos = int(plain[0, ids.shape[1]])  # the very first new token
+    for min_new in (0, 3):
+        ours = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=eos, min_new_tokens=min_new)
+        ref = hf_generate(hf, ids, mask, max_new_tokens=NEW, eos_token_id=eos, min_new_tokens=min_new)
+        np.testing.assert_array_equal(ours, ref, err_msg=f"min_new_tokens={min_new}")
+    assert ours.shape[1] > ids.shape[1] + 3
+
+
+def test_repetition_penalty_equals_hf(gen, hf):
+    ids, mask = left_pad(PROMPTS[:1])
+    ours = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1, repetition_penalty=1.3)
+    ref = hf_generate(hf, ids, mask, max_new_tokens=NEW, repetition_penalty=1.3)
+    np.testing.assert_array_equal(ours, ref)
+    plain = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1)
+    assert (ours != plain).any()  # the penalty changed something
+
+
+# ----- loading ---------------------------------------------------------------------------------
+
+
+def test_from_pretrained_accepts_out_dir_tf2_and_tf1(gen, converted):
+    ids, mask = left_pad(PROMPTS[:1])
+    expected = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1)
+    for folder in (converted / "tf2", converted / "tf1"):
+        other = Generator.from_pretrained(folder)
+        assert other.config == gen.config, folder
+        assert other.tokenizer is not None
+        np.testing.assert_array_equal(other.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1), expected,
+                                      err_msg=str(folder))
+
+
+def test_config_special_ids_come_from_the_vocab(gen):
+    assert (gen.config.pad_token_id, gen.config.bos_token_id, gen.config.eos_token_id) == (PAD, CLS, SEP)
+
+
+# ----- sampling ----------------------------------------------------------------------------------
+
+
+def test_sampling_with_a_seed_is_reproducible_and_seeds_differ(gen):
+    kwargs = dict(max_new_tokens=NEW, do_sample=True, eos_token_id=-1)
+    a = gen.generate_ids(PROMPTS[:1], seed=1, **kwargs)
+    b = gen.generate_ids(PROMPTS[:1], seed=1, **kwargs)
+    c = gen.generate_ids(PROMPTS[:1], seed=2, **kwargs)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    # temperature and top_p are runtime values of the same compiled function
+    d = gen.generate_ids(PROMPTS[:1], seed=1, temperature=0.7, **kwargs)
+    assert d.shape == a.shape
+
+
+def test_num_return_sequences(gen):
+    out = gen.generate_ids(PROMPTS[:2], max_new_tokens=8, do_sample=True, seed=3, num_return_sequences=3,
+                           eos_token_id=-1)
+    ids, _ = left_pad(PROMPTS[:2])
+    assert out.shape == (6, ids.shape[1] + 8)
+    for row in range(6):
+        np.testing.assert_array_equal(out[row, :ids.shape[1]], ids[row // 3])
+    assert len({tuple(r) for r in out[:3]}) > 1  # the copies of one prompt sample differently
+
+
+def test_top_k_1_sampling_equals_greedy(gen):
+    ids, mask = left_pad(PROMPTS[:1])
+    greedy = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1)
+    sampled = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1, do_sample=True, top_k=1, seed=5)
+    np.testing.assert_array_equal(sampled, greedy)
+
+
+# ----- shape buckets ---------------------------------------------------------------------------------
+
+
+def test_prompt_lengths_in_one_bucket_do_not_retrace(gen):
+    key = SamplingConfig().trace_key
+    gen.generate_ids([[CLS, 5, 6]], max_new_tokens=NEW)
+    fn = gen._compiled[key]
+    before = fn.experimental_get_tracing_count()
+    # prompts of 1..16 tokens and 17..32 new tokens: one (prompt, new-token) bucket
+    for prompt, new in (([CLS] + [7] * 8, 17), ([CLS] + [8] * (BUCKET - 1), 2 * BUCKET), ([CLS], 25)):
+        gen.generate_ids([prompt], max_new_tokens=new)
+        gen.generate_ids([prompt], max_new_tokens=new, eos_token_id=-1, min_new_tokens=1)
+    assert fn.experimental_get_tracing_count() == before
+    assert gen._compiled[key] is fn
+    # the counter does move at the next prompt bucket
+    gen.generate_ids([[CLS] + [9] * BUCKET], max_new_tokens=NEW)
+    assert fn.experimental_get_tracing_count() == before + 1
+
+
+# ----- bad input fails before any compile -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh(converted):
+    """A Generator nothing has compiled in; each bad call must leave it so."""
+    return Generator.from_pretrained(converted, tokenizer=False)
+
+
+TEN = [[CLS] + [5] * 9]
+BAD = [
+    (dict(do_sample=True, top_p=0.0), "top_p"),
+    (dict(do_sample=True, top_p=1.5), "top_p"),
+    (dict(do_sample=True, top_k=-1), "top_k"),
+    (dict(do_sample=True, temperature=0.0), "temperature"),
+    (dict(repetition_penalty=0.0), "repetition_penalty"),
+    (dict(max_length=10, max_new_tokens=None), "max_length"),  # not longer than the prompt
+    (dict(max_length=5, max_new_tokens=None), "max_length"),
+    (dict(max_new_tokens=55), "max_new_tokens.*n_positions"),  # 10 + 55 > 64
+    (dict(max_length=65, max_new_tokens=None), "max_length.*n_positions"),
+    (dict(max_length=20), "max_new_tokens and max_length"),  # both
+    (dict(max_new_tokens=None), "max_new_tokens and max_length"),  # neither
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(min_new_tokens=-1), "min_new_tokens"),
+    (dict(num_return_sequences=2), "num_return_sequences"),  # greedy
+    (dict(num_return_sequences=0, do_sample=True), "num_return_sequences"),
+]
+
+
+@pytest.mark.parametrize("kwargs, name", BAD, ids=[f"{n}-{i}" for i, (_, n) in enumerate(BAD)])
+def test_bad_input_raises_before_compiling(fresh, kwargs, name):
+    kwargs = {"max_new_tokens": 4, **kwargs}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    with pytest.raises(ValueError, match=name):
+        fresh.generate_ids(TEN, **kwargs)
+    assert fresh._compiled == {}
+
+
+def test_right_padded_attention_mask_is_refused(fresh):
+    ids = np.array([[CLS, 5, 6, PAD]])
+    for mask in ([[1, 1, 1, 0]], [[0, 1, 0, 1]], [[0, 0, 0, 0]]):
+        with pytest.raises(ValueError, match="attention_mask"):
+            fresh.generate_ids(ids, np.array(mask), max_new_tokens=4)
+    with pytest.raises(ValueError, match="input_ids"):
+        fresh.generate_ids([[]], max_new_tokens=4)
+    assert fresh._compiled == {}
+
+
+def test_out_of_vocab_ids_are_refused(gen):
+    """XLA's gather would clamp an out-of-range id silently; it must be a ValueError instead."""
+    for bad in (gen.config.n_vocab + 100, -5):
+        with pytest.raises(ValueError, match="input_ids"):
+            gen.generate_ids([[CLS, bad]], max_new_tokens=NEW)
+
+
+# ----- text ----------------------------------------------------------------------------------------
+
+
+CJK_SPACE_CJK = re.compile(r"[\u4e00-\u9fff]\s+[\u4e00-\u9fff]")
+
+
+def test_generate_text_is_clean(gen):
+    prompt = "明月几时有，"
+    texts = gen.generate([prompt], max_new_tokens=12)
+    assert isinstance(texts, list) and len(texts) == 1
+    text = texts[0]
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    assert not CJK_SPACE_CJK.search(text), text
+    for piece in ("[CLS]", "[SEP]", "[PAD]", "##"):
+        assert piece not in text, text
+    # the continuation is the clean decode of the ids generate_ids makes for the encoded prompt
+    ids = gen.tokenizer.encode(prompt)
+    assert ids[0] == CLS
+    row = gen.generate_ids([ids], max_new_tokens=12)[0]
+    assert text == prompt + gen.tokenizer.decode(row[len(ids):].tolist())
+
+
+def test_generate_from_an_empty_prompt_starts_from_cls(gen):
+    assert gen.tokenizer.encode("") == [CLS]
+    texts = gen.generate([""], max_new_tokens=12)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+    row = gen.generate_ids([[CLS]], max_new_tokens=12)[0]
+    assert texts[0] == gen.tokenizer.decode(row.tolist())
+    assert not CJK_SPACE_CJK.search(texts[0]) and "[CLS]" not in texts[0]
+
+
+def test_generate_several_prompts_and_sequences(gen):
+    prompts = ["床前明月光，", "春眠"]
+    # the shapes and strategy of test_num_return_sequences: no new compile
+    texts = gen.generate(prompts, max_new_tokens=8, do_sample=True, seed=0, num_return_sequences=3)
+    assert len(texts) == 6
+    for i, text in enumerate(texts):
+        assert text.startswith(prompts[i // 3]), (i, text)
+        assert not CJK_SPACE_CJK.search(text) and "##" not in text
+
+
+# ----- full size (slow) ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_size_greedy_equals_hf(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from converters.pt2tf import convert
+    from tests.converters.test_full_size import FULL, N_VOCAB, full_vocab
+
+    vocab = full_vocab()  # the real vocab from ../shared/data when present, else generated in its layout
+    assert len(vocab) == N_VOCAB
+    assert [vocab.index(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 100, 101, 102, 103]
+    src = write_torch_model(tmp_path / "src", vocab, **FULL)
+    report = convert(str(src), tmp_path / "out", progress=False, formats=("tf2",))
+    assert report["passed"] is True
+
+    full = Generator.from_pretrained(tmp_path / "out")
+    assert (full.config.n_layer, full.config.n_embd, full.config.n_vocab, full.config.n_ctx) == (12, 768, N_VOCAB, 1024)
+    ids, mask = left_pad([[CLS, 3209, 3299, 1126, 3198, 3300, 8024], [CLS, 2398, 1184, 3209]])
+    ours = full.generate_ids(ids, mask, max_new_tokens=16, eos_token_id=-1)
+    ref = hf_generate(GPT2LMHeadModel.from_pretrained(src).eval(), ids, mask, max_new_tokens=16)
+    np.testing.assert_array_equal(ours, ref)
