@@ -20,6 +20,8 @@ setup(
         "h5py",
         "safetensors",
         "tqdm",
+        # PredictionLog protos for the SavedModel's TF Serving warmup records, and the gRPC client.
+        "tensorflow-serving-api==2.21.*",
     ],
     extras_require={
         # torch is pinned: on these machines 2.13.0 is the CPU wheel on disk; an unpinned torch pulls

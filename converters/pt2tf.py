@@ -26,7 +26,7 @@ from .output import check_output, move_into_place, workspace
 log = logging.getLogger("converters.pt2tf")
 
 FORMATS = ("tf1", "tf2", "saved_model")
-SAVED_MODEL_VERSION = "1"
+SAVED_MODEL_VERSION = 1
 REPORT = "conversion_report.json"
 
 EXAMPLE = """\
@@ -50,8 +50,14 @@ def convert(
     atol: float = 1e-4,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    generation=None,
+    no_generate: bool = False,
+    saved_model_version: int = SAVED_MODEL_VERSION,
 ) -> dict:
     """Convert `src` into `out_dir`; return the conversion report. Raises CngptError subclasses.
+
+    generation: `converters.saved_model.GenerationSettings` for the SavedModel's generation
+    signatures (default: greedy, 50 new tokens); no_generate=True exports `logits` only.
 
     TensorFlow-heavy modules are imported inside the steps so that `--help` and bad-argument errors
     answer at once instead of after TensorFlow's multi-second import.
@@ -68,10 +74,13 @@ def convert(
             tensors = read_pytorch(files.weights)
             names.check(tensors, names.PT, config, origin=str(files.weights))  # before writing anything
             log.info("%s: %d tensors, %s", files.weights, len(tensors), _describe(config))
+        from .saved_model import GenerationSettings
+
+        settings = None if no_generate else (generation or GenerationSettings())
         written = {}
         for fmt in formats:
             with steps(fmt):
-                written[fmt] = _write(fmt, work, tensors, config, files)
+                written[fmt] = _write(fmt, work, tensors, config, files, settings, saved_model_version)
         with steps("verify"):
             from .verify import check, table, verify_all
 
@@ -95,7 +104,7 @@ def convert(
     return report
 
 
-def _write(fmt: str, work: Path, tensors, config: GPT2Config, files) -> Path:
+def _write(fmt: str, work: Path, tensors, config: GPT2Config, files, generation, version: int) -> Path:
     """Write one format under `work`; return the folder its verification reads."""
     if fmt == "tf1":
         from cngpt_tf.formats.tf1 import write_tf1
@@ -109,8 +118,8 @@ def _write(fmt: str, work: Path, tensors, config: GPT2Config, files) -> Path:
         return work / "tf2"
     from .saved_model import export_saved_model
 
-    folder = work / "saved_model" / SAVED_MODEL_VERSION
-    export_saved_model(folder, tensors, config, files.vocab)
+    folder = work / "saved_model" / str(version)
+    export_saved_model(folder, tensors, config, files.vocab, generation)
     return folder
 
 
@@ -129,6 +138,16 @@ def main(argv=None) -> int:
     parser.add_argument("--atol", type=float, default=1e-4, help="max abs logits difference (default %(default)s)")
     parser.add_argument("--cache_dir", help="download cache for URLs (default $CNGPT_CACHE or ~/.cache/cngpt_tf)")
     parser.add_argument("--demo", action="store_true", help="build a small random demo model zip and convert it")
+    serving = parser.add_argument_group("SavedModel generation signatures (fixed at export)")
+    serving.add_argument("--no_generate", action="store_true", help="export the logits signature only")
+    serving.add_argument("--saved_model_version", type=int, default=SAVED_MODEL_VERSION,
+                         help="version folder under saved_model/ (TF Serving loads the highest)")
+    serving.add_argument("--max_new_tokens", type=int, default=50)
+    serving.add_argument("--do_sample", action="store_true", help="sample (default greedy)")
+    serving.add_argument("--top_k", type=int, default=0)
+    serving.add_argument("--top_p", type=float, default=1.0)
+    serving.add_argument("--temperature", type=float, default=1.0)
+    serving.add_argument("--repetition_penalty", type=float, default=1.0)
     cli.add_common_flags(parser)
     args = parser.parse_args(argv)
     paths = [p for p in (args.src, args.out_dir) if p is not None]
@@ -140,6 +159,8 @@ def main(argv=None) -> int:
         parser.error(f"--formats: unknown format(s) {unknown or formats}; choose from {','.join(FORMATS)}")
     cli.setup_logging(args.verbose)
 
+    generation = _generation_settings(args, parser)
+
     def run():
         if args.demo:
             from .demo import build_demo_zip
@@ -149,7 +170,8 @@ def main(argv=None) -> int:
         else:
             src, out = paths
         convert(src, out, formats=formats, overwrite=args.overwrite, atol=args.atol, cache_dir=args.cache_dir,
-                progress=not args.quiet)
+                progress=not args.quiet, generation=generation, no_generate=args.no_generate,
+                saved_model_version=args.saved_model_version)
         print(f"done: {out}")
 
     return cli.run_main(run)
@@ -164,6 +186,23 @@ def _do_lower_case(folder: Path) -> bool:
         with contextlib.suppress(ValueError, OSError):
             return bool(json.loads(path.read_text(encoding="utf-8")).get("do_lower_case", True))
     return True
+
+
+def _generation_settings(args, parser):
+    """The export's generation settings from the flags, checked before any work (argparse errors)."""
+    from .saved_model import GenerationSettings
+
+    if args.max_new_tokens < 1:
+        parser.error(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    if args.saved_model_version < 1:
+        parser.error(f"--saved_model_version must be >= 1, got {args.saved_model_version}")
+    settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.top_k, args.top_p, args.temperature,
+                                  args.repetition_penalty)
+    try:
+        settings.sampling  # noqa: B018  (validates)
+    except ValueError as e:
+        parser.error(str(e))
+    return settings
 
 
 class _Steps:

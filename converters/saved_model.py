@@ -1,28 +1,67 @@
 """Export `OUT_DIR/saved_model/<version>/`: a TF2 SavedModel for TF Serving, built on `cngpt_tf.model`.
 
-Signature `logits`: int32 `input_ids` and `attention_mask` [batch, seq] -> float32 `logits`
-[batch, seq, vocab]. Rows may be left-padded: positions come from the mask, as in generation.
-The SavedModel needs only core TensorFlow to load (no transformers, no custom ops).
+Signatures (the input and output names are what REST/gRPC clients send and receive):
+- `serving_default`: `text` tf.string [batch] -> `generated_text` tf.string [batch]. Tokenization and
+  the clean decode run in-graph with core TensorFlow ops only (`cngpt_tf.text_graph`), so the stock
+  model server needs no tensorflow-text. A prompt longer than the context minus `max_new_tokens` is
+  truncated from the left (its end is kept).
+- `generate_ids`: int32 `input_ids`, `attention_mask` [batch, seq] (left-padded) -> int32
+  `sequences` [batch, seq + new]: the prompt, then the new tokens, [PAD] after end-of-text.
+- `logits`: int32 `input_ids`, `attention_mask` -> float32 `logits` [batch, seq, vocab].
+- sampled exports add `serving_seeded`: `text` + int64 `seed` [batch] (one seed per request: the
+  first row's; all rows of a request share one random stream) -> `generated_text`.
+Generation settings are fixed at export and written to `assets/generation_config.json` under HF
+`GenerationConfig` key names. The decode loop is XLA-compiled (`jit_compile=True`): the CPU model
+server needs `--xla_cpu_compilation_enabled=true` (see README).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from cngpt_tf import model
 from cngpt_tf.config import GPT2Config
+from cngpt_tf.decoding import compile_decoder
+from cngpt_tf.sampling import SamplingConfig, make_sampler
+from cngpt_tf.vocab import read_vocab
 
+BUCKET = 16  # prompt lengths are padded up to a multiple of this, as in the Python generator
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32, name="input_ids")
 MASK_SPEC = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
+TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
+SEED_SPEC = tf.TensorSpec([None], tf.int64, name="seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """What the exported generation signatures do; HF GenerationConfig names."""
+
+    max_new_tokens: int = 50
+    do_sample: bool = False
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.do_sample, self.top_k, self.top_p, self.temperature,
+                              self.repetition_penalty).validate()
+
+    def to_generation_config(self, config: GPT2Config) -> dict:
+        return {**dataclasses.asdict(self), "pad_token_id": config.pad_token_id,
+                "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
 
 
 class GPT2Module(tf.Module):
-    """The weights as variables under their TF1 names, and the serving functions over them."""
+    """The weights as variables and the `logits` function over them."""
 
-    def __init__(self, config: GPT2Config, pt_tensors: dict[str, np.ndarray], vocab: str | Path):
+    def __init__(self, config: GPT2Config, pt_tensors, vocab: str | Path):
         super().__init__(name="cngpt")
         self.config = config
         packed = model.params_from_pt(pt_tensors, config)
@@ -34,8 +73,81 @@ class GPT2Module(tf.Module):
         return {"logits": model.logits(self.params, self.config, input_ids, attention_mask)}
 
 
-def export_saved_model(folder: str | Path, pt_tensors, config: GPT2Config, vocab: str | Path) -> None:
-    """Write the SavedModel into `folder` (the versioned folder, e.g. `saved_model/1`)."""
-    module = GPT2Module(config, pt_tensors, vocab)
+class GenerationModule(GPT2Module):
+    """Adds the in-graph tokenizer and the generation functions, with settings fixed at export."""
+
+    def __init__(self, config: GPT2Config, pt_tensors, vocab: str | Path, generation: GenerationSettings):
+        from cngpt_tf.text_graph import TextGraph
+
+        if generation.max_new_tokens >= config.n_ctx:
+            raise ValueError(f"max_new_tokens={generation.max_new_tokens} leaves no room for a prompt "
+                             f"in n_positions={config.n_ctx}")
+        super().__init__(config, pt_tensors, vocab)
+        self.generation = generation
+        self.text = TextGraph(read_vocab(vocab))
+        self._decode = compile_decoder(self.params, config, make_sampler(generation.sampling))
+
+    @tf.function(input_signature=[IDS_SPEC, MASK_SPEC])
+    def generate_ids(self, input_ids, attention_mask):
+        return {"sequences": self._generate(input_ids, attention_mask, seed=0)}
+
+    @tf.function(input_signature=[TEXT_SPEC])
+    def generate_text(self, text):
+        return {"generated_text": self._generate_text(text, seed=0)}
+
+    @tf.function(input_signature=[TEXT_SPEC, SEED_SPEC])
+    def generate_text_seeded(self, text, seed):
+        first = tf.cond(tf.size(seed) > 0, lambda: seed[0], lambda: tf.constant(0, tf.int64))
+        return {"generated_text": self._generate_text(text, seed=tf.cast(first % (2**31 - 1), tf.int32))}
+
+    def _generate_text(self, text, seed):
+        max_prompt = self.config.n_ctx - self.generation.max_new_tokens
+        input_ids, attention_mask = self.text.encode(text, max_prompt)
+        sequences = self._generate(input_ids, attention_mask, seed)
+        return self.text.decode(sequences, self.config.eos_token_id)
+
+    def _generate(self, input_ids, attention_mask, seed):
+        """Left-padded [B, P] prompts -> [B, P + new]; P is padded up to a bucket for the XLA cache."""
+        c, g = self.config, self.generation
+        pad = c.pad_token_id or 0
+        length = tf.shape(input_ids)[1]
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(tf.reduce_sum(attention_mask, axis=1)) + g.max_new_tokens, c.n_ctx,
+            message=f"prompt + max_new_tokens ({g.max_new_tokens}) exceed n_positions ({c.n_ctx})")
+        extra = (BUCKET - length % BUCKET) % BUCKET
+        ids = tf.pad(input_ids, [[0, 0], [extra, 0]], constant_values=pad)
+        mask = tf.pad(attention_mask, [[0, 0], [extra, 0]])
+        n_new = -(-g.max_new_tokens // BUCKET) * BUCKET
+        buffer = tf.fill([tf.shape(ids)[0], n_new], pad)
+        tokens, steps = self._decode(
+            ids, mask, buffer, tf.constant(g.max_new_tokens), tf.constant(0), tf.constant(c.eos_token_id),
+            tf.constant(pad), tf.cast(seed, tf.int32), tf.constant(g.temperature, tf.float32),
+            tf.constant(g.top_p, tf.float32), tf.constant(g.repetition_penalty, tf.float32))
+        return tf.concat([input_ids, tokens[:, :steps]], axis=1)
+
+
+def export_saved_model(folder: str | Path, pt_tensors, config: GPT2Config, vocab: str | Path,
+                       generation: GenerationSettings | None = GenerationSettings()) -> None:
+    """Write the SavedModel into `folder` (the versioned folder, e.g. `saved_model/1`).
+
+    generation=None exports the `logits` signature only.
+    """
+    if generation is None:
+        module = GPT2Module(config, pt_tensors, vocab)
+    else:
+        module = GenerationModule(config, pt_tensors, vocab, generation)
     signatures = {"logits": module.logits.get_concrete_function()}
-    tf.saved_model.save(module, str(folder), signatures=signatures)
+    with tempfile.TemporaryDirectory() as tmp:
+        if generation is not None:
+            signatures["serving_default"] = module.generate_text.get_concrete_function()
+            signatures["generate_ids"] = module.generate_ids.get_concrete_function()
+            if generation.do_sample:
+                signatures["serving_seeded"] = module.generate_text_seeded.get_concrete_function()
+            path = Path(tmp) / "generation_config.json"
+            path.write_text(json.dumps(generation.to_generation_config(config), indent=2) + "\n", encoding="utf-8")
+            module.generation_config = tf.saved_model.Asset(str(path))
+        tf.saved_model.save(module, str(folder), signatures=signatures)
+    if generation is not None:
+        from .warmup import write_warmup_requests
+
+        write_warmup_requests(Path(folder), config, list(signatures))

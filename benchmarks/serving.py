@@ -1,0 +1,107 @@
+"""SavedModel serving: export time of all signatures, and `serving_default` latency loaded from disk
+against the in-process Python generator (`cngpt_tf.pipeline`), both measured in this run.
+
+A random-init model with the real GPT-12L-CN shape; greedy, 32 new tokens (both sides produce the
+same text). Requests alternate between the two sides; medians of --rounds runs.
+
+    python benchmarks/serving.py            # ~3 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cngpt_tf.config import GPT2Config, write_json  # noqa: E402
+from cngpt_tf.formats.pytorch import write_pytorch  # noqa: E402
+from converters.demo import demo_weights  # noqa: E402
+
+SHARED_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "bert_chinese_vocab.txt"
+PROMPTS = ["明月几时有，把酒问青天。", "床前明月光，", "春眠不觉晓，处处闻啼鸟。", "白日依山尽，",
+           "慈母手中线，", "国破山河在，", "大漠孤烟直，", "海上生明月，"]
+
+
+def make_model(folder: Path) -> Path:
+    from converters.demo import demo_vocab
+
+    vocab = SHARED_VOCAB.read_text(encoding="utf-8").split("\n")[:-1] if SHARED_VOCAB.is_file() else None
+    if vocab is None:  # a generated vocab of the real size, BERT's specials at their real ids
+        base = demo_vocab()
+        vocab = base + [f"[extra{i}]" for i in range(21128 - len(base))]
+    config = GPT2Config(n_vocab=len(vocab), n_ctx=1024, n_embd=768, n_head=12, n_layer=12)
+    folder.mkdir(parents=True)
+    write_pytorch(folder, demo_weights(config, seed=0))
+    write_json(folder / "config.json", config.to_hf_dict())
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    return folder
+
+
+def timed(fn, rounds):
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--new_tokens", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from cngpt_tf.pipeline import pipeline
+    from converters.pt2tf import convert
+    from converters.saved_model import GenerationSettings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = make_model(Path(tmp) / "model")
+        report = convert(str(src), Path(tmp) / "out", formats=("tf2", "saved_model"), progress=False,
+                         generation=GenerationSettings(max_new_tokens=args.new_tokens))
+        export_s = report["seconds"]["saved_model"]
+        served = tf.saved_model.load(str(Path(tmp) / "out" / "saved_model" / "1"))
+        serve = served.signatures["serving_default"]
+        gen = pipeline("text-generation", str(Path(tmp) / "out"))
+
+        rows = []
+        for batch in (1, 8):
+            prompts = PROMPTS[:batch]
+            text = tf.constant(prompts)
+            start = time.perf_counter()
+            ours = [b.decode() for b in serve(text=text)["generated_text"].numpy().tolist()]
+            first_saved = time.perf_counter() - start
+            start = time.perf_counter()
+            theirs = [r[0]["generated_text"] for r in gen(prompts, max_new_tokens=args.new_tokens)]
+            first_python = time.perf_counter() - start
+            same = ours == theirs
+            saved, python = [], []
+            for _ in range(args.rounds):  # alternate, so noise hits both sides alike
+                saved.append(timed(lambda: serve(text=text)["generated_text"].numpy(), 1))
+                python.append(timed(lambda: gen(prompts, max_new_tokens=args.new_tokens), 1))
+            s, p = statistics.median(saved), statistics.median(python)
+            rows.append((batch, first_saved, s, first_python, p, (s - p) / p * 100, same))
+
+    print(f"model: 12 layers, n_embd 768, vocab 21128 (random init); greedy, {args.new_tokens} new tokens; "
+          f"{os.cpu_count()} CPUs")
+    print(f"export of all SavedModel signatures (logits, generate_ids, serving_default + warmup): {export_s:.1f} s")
+    print("| batch | SavedModel first s | SavedModel median s | pipeline first s | pipeline median s | "
+          "SavedModel vs pipeline | same text |")
+    print("|---|---|---|---|---|---|---|")
+    for b, fs, s, fp, p, d, same in rows:
+        print(f"| {b} | {fs:.2f} | {s:.3f} | {fp:.2f} | {p:.3f} | {d:+.1f}% | {same} |")
+
+
+if __name__ == "__main__":
+    main()

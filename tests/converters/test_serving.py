@@ -1,0 +1,206 @@
+"""The SavedModel as TF Serving uses it: signatures, in-graph text, warmup, TF1 loader, bad requests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from converters import pt2tf
+from converters.saved_model import GenerationSettings
+
+from .serving_stand_in import StandIn
+
+NEW = 12  # max_new_tokens of the test exports: short, so the tests stay quick
+PROMPTS = ["明月几时有，", "床前明月光，疑是地上霜。", "春"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_pt_dir):
+    out = tmp_path_factory.mktemp("serving") / "out"
+    pt2tf.convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False,
+                  generation=GenerationSettings(max_new_tokens=NEW))
+    return out / "saved_model" / "1"
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported))
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_pt_dir, tmp_path_factory):
+    from cngpt_tf.generator import Generator
+
+    out = tmp_path_factory.mktemp("gen") / "out"
+    pt2tf.convert(str(tiny_pt_dir), out, formats=("tf2",), progress=False)
+    return Generator.from_pretrained(out)
+
+
+def texts(result) -> list[str]:
+    return [b.decode("utf-8") for b in result["generated_text"].numpy().tolist()]
+
+
+def test_signatures_listed_by_saved_model_cli(exported):
+    shown = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
+                            str(exported), "--all"], capture_output=True, text=True, check=True).stdout
+    for name in ("serving_default", "generate_ids", "logits"):
+        assert f"signature_def['{name}']" in shown
+    for tensor in ("text", "generated_text", "input_ids", "attention_mask", "sequences", "logits"):
+        assert f"['{tensor}']" in shown
+
+
+def test_generation_config_asset(exported):
+    config = json.loads((exported / "assets" / "generation_config.json").read_text(encoding="utf-8"))
+    assert config["max_new_tokens"] == NEW and config["do_sample"] is False
+    assert {"top_k", "top_p", "temperature", "repetition_penalty", "eos_token_id", "pad_token_id"} <= set(config)
+    assert (exported / "assets" / "vocab.txt").is_file()
+
+
+def test_serving_default_equals_pipeline(loaded, generator):
+    from cngpt_tf.pipeline import pipeline
+
+    expected = [r[0]["generated_text"] for r in pipeline("text-generation", generator)(PROMPTS, max_new_tokens=NEW)]
+    assert texts(loaded.signatures["serving_default"](text=tf.constant(PROMPTS))) == expected
+    single = texts(loaded.signatures["serving_default"](text=tf.constant(PROMPTS[:1])))
+    assert single == expected[:1]
+
+
+def test_generate_ids_equals_generator(loaded, generator):
+    prompts = [[101, 300, 400, 500, 600], [101, 700], [101, 800, 900]]
+    expected = generator.generate_ids(prompts, max_new_tokens=NEW)
+    width = max(map(len, prompts))
+    ids = np.array([[0] * (width - len(p)) + p for p in prompts], np.int32)
+    mask = (np.arange(width)[None] >= width - np.array([len(p) for p in prompts])[:, None]).astype(np.int32)
+    out = loaded.signatures["generate_ids"](input_ids=tf.constant(ids), attention_mask=tf.constant(mask))
+    np.testing.assert_array_equal(out["sequences"].numpy(), expected)
+
+
+def test_runs_in_bare_tensorflow(exported):
+    script = textwrap.dedent(f"""
+        import sys, tensorflow as tf
+        m = tf.saved_model.load({str(exported)!r})
+        out = m.signatures["serving_default"](text=tf.constant(["明月几时有，"]))
+        text = out["generated_text"].numpy()[0].decode("utf-8")
+        assert text.startswith("明月几时有，"), text
+        assert "tensorflow_text" not in sys.modules and "transformers" not in sys.modules
+        print("OK")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().endswith("OK"), done.stderr[-2000:]
+
+
+def test_tf1_session_loader_runs_every_signature_by_tensor_name(exported):
+    """What the C++ model server does: load with the `serve` tag, run signatures by tensor names."""
+    from types import SimpleNamespace
+
+    from cngpt_tf.vocab import read_vocab
+    from converters.warmup import warmup_inputs
+
+    gen_config = json.loads((exported / "assets" / "generation_config.json").read_text(encoding="utf-8"))
+    config = SimpleNamespace(bos_token_id=gen_config["bos_token_id"],
+                             n_vocab=len(read_vocab(exported / "assets" / "vocab.txt")))
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(exported))
+        assert {"serving_default", "generate_ids", "logits"} <= set(meta.signature_def)
+        for name, signature in meta.signature_def.items():
+            if name == "__saved_model_init_op":
+                continue
+            feed = {signature.inputs[k].name: v for k, v in warmup_inputs(config, name).items()}
+            fetch = {k: t.name for k, t in signature.outputs.items()}
+            result = sess.run(fetch, feed_dict=feed)
+            assert all(np.asarray(v).size for v in result.values()), name
+
+
+def test_warmup_records_replay(exported, loaded):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = exported / "assets.extra" / "tf_serving_warmup_requests"
+    seen = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        out = loaded.signatures[request.model_spec.signature_name](**inputs)
+        assert out
+        seen.append(request.model_spec.signature_name)
+    assert sorted(seen) == sorted(["serving_default", "generate_ids", "logits"])
+
+
+def test_bad_requests_give_defined_results(loaded, exported):
+    serve = loaded.signatures["serving_default"]
+    empty, = texts(serve(text=tf.constant([""])))
+    assert isinstance(empty, str)  # generated from [CLS] alone
+    long_prompt = "明月几时有，" * 40  # 240 characters > the 64-token context: truncated from the left
+    long_text, = texts(serve(text=tf.constant([long_prompt])))
+    assert "明月" in long_text
+    broken, = texts(serve(text=tf.constant([b"\xff\xfe\xe6\x98\x8e"])))  # not UTF-8: replaced, then dropped
+    assert isinstance(broken, str)
+    too_long = np.full((1, 60), 300, np.int32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exceed n_positions"):
+        loaded.signatures["generate_ids"](input_ids=too_long, attention_mask=np.ones_like(too_long))
+    assert texts(serve(text=tf.constant(["春"])))  # the model still answers afterwards
+
+
+def test_rest_and_grpc_through_the_client(exported, capsys):
+    from cngpt_tf import serving_client
+
+    server = StandIn(exported)
+    try:
+        url, target = server.start_rest(), server.start_grpc()
+        assert serving_client.main(PROMPTS[:2] + ["--url", url, "-q"]) == 0
+        rest_lines = capsys.readouterr().out.strip().splitlines()
+        assert serving_client.main(PROMPTS[:2] + ["--grpc", target, "-q"]) == 0
+        grpc_lines = capsys.readouterr().out.strip().splitlines()
+        assert rest_lines == grpc_lines and rest_lines[0].startswith(PROMPTS[0])
+        # the `inputs` (columnar) REST format gives the same text
+        reply = _post(f"{url}/v1/models/cngpt:predict", {"inputs": {"text": PROMPTS[:2]}})
+        assert reply["outputs"]["generated_text"] == rest_lines
+        # a bad request is an error reply; the server keeps serving
+        assert serving_client.main(["春", "--url", url, "--signature", "nope", "-q"]) != 0
+        assert "error:" in capsys.readouterr().err
+        assert serving_client.main(["春", "--url", url, "-q"]) == 0
+    finally:
+        server.stop()
+
+
+def test_sampled_export_takes_a_seed(tiny_pt_dir, tmp_path):
+    out = tmp_path / "out"
+    settings = GenerationSettings(max_new_tokens=NEW, do_sample=True, top_k=20, temperature=1.5)
+    pt2tf.convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False, generation=settings,
+                  saved_model_version=3)
+    loaded = tf.saved_model.load(str(out / "saved_model" / "3"))
+    seeded = loaded.signatures["serving_seeded"]
+    a = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([7, 7, 7], tf.int64)))
+    b = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([7, 7, 7], tf.int64)))
+    c = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([8, 8, 8], tf.int64)))
+    assert a == b and a != c
+
+
+def test_no_generate_exports_logits_only(tiny_pt_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert pt2tf.main([str(tiny_pt_dir), str(out), "--formats", "saved_model", "--no_generate", "-q"]) == 0
+    loaded = tf.saved_model.load(str(out / "saved_model" / "1"))
+    assert set(loaded.signatures) == {"logits"}
+    assert not (out / "saved_model" / "1" / "assets.extra").exists()
+
+
+def test_bad_generation_flags_are_argparse_errors(tiny_pt_dir, tmp_path):
+    for flags in (["--top_p", "0"], ["--max_new_tokens", "0"], ["--temperature", "-1"], ["--saved_model_version", "0"]):
+        with pytest.raises(SystemExit) as e:
+            pt2tf.main([str(tiny_pt_dir), str(tmp_path / "out"), *flags])
+        assert e.value.code == 2
+
+
+def _post(url, payload):
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read().decode("utf-8"))
