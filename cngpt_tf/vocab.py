@@ -39,9 +39,7 @@ def read_vocab(path: str | Path) -> list[str]:
 
 def special_token_ids(tokens: list[str], path: str | Path = "vocab.txt") -> dict[str, int]:
     """Ids of `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]` (required) and `[MASK]` (optional) in `tokens`."""
-    index = {}
-    for i, token in enumerate(tokens):
-        index.setdefault(token, i)  # first occurrence wins, as in HF's vocab dict built in order
+    index = {token: i for i, token in enumerate(tokens)}  # a repeated token: the last wins, as in HF
     missing = [t for t in (PAD, UNK, CLS, SEP) if t not in index]
     if missing:
         raise VocabError(f"{path}: vocab lacks the special token(s) {', '.join(missing)}")

@@ -1,0 +1,265 @@
+"""In-graph BERT-Chinese tokenization for a SavedModel served by stock `tensorflow/serving`.
+
+Stock TF Serving has no (or an old) tensorflow-text, so `TextGraph` uses core TensorFlow ops only:
+`tf.strings`, `tf.lookup.StaticHashTable`, ragged tensors and a `tf.while_loop`. `encode` gives the
+ids of HF's slow `BertTokenizer` (BasicTokenizer then WordPiece) with `[CLS]` in front, `decode` the
+clean text of `ChineseTokenizer.decode`. Core TF has no Unicode normalisation or full `lower()`, so
+at construction we precompute, with Python's `unicodedata` (the one HF uses), what BERT does to each
+single code point (lower, clean, CJK spacing, NFC, lower, NFD, strip Mn, punctuation spacing) and
+store it as code-point ranges plus a table; the graph maps each code point and splits at spaces.
+
+Differences from HF (everything else gives identical ids; see tests/cngpt_tf/test_text_graph.py):
+
+* do_lower_case=True: BERT's NFC then NFD of a whole word equal NFD per code point, except the
+  canonical reordering of adjacent *spacing* marks (category Mc with a non-zero combining class; 25
+  code points such as U+302E, U+1D165-U+1D172) that NFD reorders and we do not. It can only change
+  ids if a vocab piece holds such a mark; the BERT Chinese vocab holds none (the word is `[UNK]`
+  either way), so there the ids are identical.
+* do_lower_case=False: NFC composition of multi-code-point sequences ("e" + U+0301 -> "é") is not
+  done, only single code point NFC (U+212B -> "Å", CJK compatibility ideographs); ids differ where
+  the vocab spells the two forms differently (in the BERT Chinese vocab both are `[UNK]`). A
+  special token interrupted by dropped characters ("[CL\\x00S]") is `[`, `CL`/`[UNK]`, `]` here,
+  `[CLS]` in HF (its never_split check runs after cleaning; with lower-casing it cannot match).
+* Bytes that are not UTF-8 become U+FFFD, which BERT's cleaning drops: such input never raises.
+* `decode` drops ids outside the vocab where `ChineseTokenizer.decode` raises VocabError.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+import tensorflow as tf
+
+from .vocab import CLS, MASK, PAD, SEP, UNK, special_token_ids
+
+_SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # matched literally in the text, as HF's added-token trie does
+_SENTINEL = 0x110000  # code points past Unicode stand for the literal special tokens
+_MAX_WORD_CHARS = 100  # HF WordpieceTokenizer.max_input_chars_per_word
+_KEEP, _SPACED, _TABLE = 0, 1, 2  # code point classes: unchanged, " c ", looked up ("" if absent)
+
+
+class TextGraph(tf.Module):
+    """`encode`: text -> left-padded `[CLS]` + BERT ids; `decode`: ids -> clean text. Serializable.
+
+    `vocab_tokens` is `read_vocab(path)` (id = index). The first build takes 1-2 s (a pass over
+    all code points, cached per `do_lower_case`). Both methods are `tf.function`s with fixed
+    signatures, so `tf.saved_model.save` keeps them and the tables (module attributes) without
+    tensorflow-text or Python callbacks.
+    """
+
+    def __init__(self, vocab_tokens: list[str], *, do_lower_case: bool = True, add_cls: bool = True):
+        super().__init__()
+        ids = {t: i for i, t in enumerate(vocab_tokens)}  # last duplicate wins, as HF's load_vocab
+        self._unk, self._cls, self._pad = ids[UNK], ids[CLS], ids[PAD]
+        self._add_cls = add_cls
+        self._vocab = _table(list(ids), list(ids.values()), -1)
+        # A literal special token becomes the word "\0k"; its id is the vocab's or [UNK], as in HF.
+        self._special_words = _table([f"\0{k}" for k in range(len(_SPECIALS))],
+                                     [ids.get(s, self._unk) for s in _SPECIALS], -1)
+        # Longest piece in characters: WordPiece never needs to try a longer prefix.
+        self._max_piece = max(len(t[2:] if t.startswith("##") else t) for t in ids) or 1
+        bounds, classes, table = _code_point_map(do_lower_case)
+        self._bounds = tf.constant(bounds, tf.int32)  # [R] first code point of each run
+        self._classes = tf.constant(classes, tf.int32)  # [R] class of each run
+        self._chars = _table(list(table), list(table.values()), "")
+        self._decode_init(vocab_tokens)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
+    def encode(self, text, max_tokens):
+        """text [B] -> (input_ids int32 [B, T], attention_mask int32 [B, T]), left-padded with [PAD].
+
+        Rows longer than `max_tokens` lose their START (the end of a prompt is what the model
+        continues); `[CLS]` stays first. T is the longest row, at most `max_tokens`. "" -> [CLS].
+        """
+        # Valid UTF-8 (bad bytes -> U+FFFD), then NUL (dropped by BERT anyway) -> U+FFFD, so that
+        # "\0k" can mark the k-th literal special token.
+        text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
+                                            replacement_char=0xFFFD)
+        text = tf.strings.regex_replace(text, "\x00", "\ufffd")
+        for k, special in enumerate(_SPECIALS):  # they cannot overlap: order does not matter
+            text = tf.strings.regex_replace(text, re.escape(special), f"\0{k}")
+        cps = tf.strings.unicode_decode(text, "UTF-8")  # ragged [B, L]
+        v = cps.values
+        marker = tf.equal(v, 0)
+        after = tf.concat([v[1:], tf.zeros_like(v[:1])], 0)  # a marker is always followed by its digit
+        v = tf.where(marker, _SENTINEL + after - ord("0"), v)
+        keep = tf.logical_not(tf.concat([tf.zeros_like(marker[:1]), marker[:-1]], 0))  # drop the digits
+        cps = tf.ragged.boolean_mask(cps.with_values(v), cps.with_values(keep))
+        # Map every code point to what BERT makes of it ("" = dropped, " c " = own word).
+        v = cps.values
+        cls = tf.gather(self._classes, tf.searchsorted(self._bounds, v, side="right") - 1)
+        chars = tf.strings.unicode_encode(v[:, None], "UTF-8")  # [L'] one string per code point
+        mapped = tf.where(tf.equal(cls, _KEEP), chars,
+                          tf.where(tf.equal(cls, _SPACED), tf.strings.join([" ", chars, " "]),
+                                   self._chars.lookup(v)))
+        words = tf.strings.split(tf.strings.reduce_join(cps.with_values(mapped), axis=1))  # [B, W]
+        pieces = self._wordpiece(words.values)  # ragged [N, P]
+        ids = tf.RaggedTensor.from_row_splits(pieces.values, tf.gather(pieces.row_splits, words.row_splits))
+        # Left truncation: keep the last `room` ids of each row.
+        room = tf.maximum(max_tokens - int(self._add_cls), 0)
+        limits = ids.row_limits()
+        starts = limits - tf.minimum(ids.row_lengths(), tf.cast(room, tf.int64))
+        ids = tf.gather(ids.values, tf.ragged.range(starts, limits))  # ragged [B, <=room]
+        batch = tf.shape(text, out_type=tf.int64)[0]
+        if self._add_cls:
+            ids = tf.concat([tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._cls)), ids], axis=1)
+        # Left padding: position j of a row of length n holds id j - (T - n) when that is >= 0.
+        lengths = ids.row_lengths()
+        width = tf.reduce_max(tf.concat([lengths, [0]], 0))
+        dense = ids.to_tensor(default_value=self._pad, shape=tf.stack([batch, width]))  # right-padded
+        src = tf.range(width)[None, :] - (width - lengths)[:, None]  # [B, T]
+        valid = src >= 0
+        input_ids = tf.where(valid, tf.gather(dense, tf.maximum(src, 0), batch_dims=1), self._pad)
+        return input_ids, tf.cast(valid, tf.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
+    def decode(self, ids, eos_id):
+        """ids [B, N] -> text [B]: `ChineseTokenizer.decode`, also ending at the first `eos_id`."""
+        inside = (ids >= 0) & (ids < self._size)
+        safe = tf.where(inside, ids, 0)
+        stop = tf.equal(ids, self._sep) | tf.equal(ids, eos_id)
+        before_stop = tf.equal(tf.cumsum(tf.cast(stop, tf.int32), axis=1), 0)
+        kept = tf.ragged.boolean_mask(safe, before_stop & inside & ~tf.gather(self._hidden, safe))
+        # A word starts at each non-"##" token and at a row's first token; the running count of
+        # word starts tells whether two tokens belong to one word.
+        first = tf.equal(_row_positions(kept), 0)
+        word_no = tf.cumsum(tf.cast(first | ~tf.gather(self._is_cont, kept.values), tf.int32))
+        nonempty = tf.gather(self._nonempty, kept.values)
+        tok = tf.ragged.boolean_mask(kept, kept.with_values(nonempty))  # [B, K'] empty pieces out
+        word_no = tf.boolean_mask(word_no, nonempty)
+        prev = tf.concat([tf.zeros_like(tok.values[:1]), tok.values[:-1]], 0)  # [K'] id before
+        prev_word = tf.concat([tf.zeros_like(word_no[:1]), word_no[:-1]], 0)
+        # One space only between two words whose touching characters are both word-like.
+        space = ((_row_positions(tok) > 0) & tf.not_equal(word_no, prev_word)
+                 & tf.gather(self._ends_wordlike, prev) & tf.gather(self._starts_wordlike, tok.values))
+        pieces = tf.gather(self._pieces, tok.values)
+        text = tf.where(space, tf.strings.join([" ", pieces]), pieces)
+        return tf.strings.reduce_join(tok.with_values(text), axis=1)
+
+    def _wordpiece(self, words):
+        """HF's greedy longest-match-first WordPiece over words [N] -> ragged ids [N, P].
+
+        A word in the vocab as a whole (every CJK character) is one lookup. The others loop: each
+        step takes one piece from every unfinished word, looking up all its prefixes of up to
+        `_max_piece` characters at once ([M, K] strings).
+        """
+        length = tf.strings.length(words, unit="UTF8_CHAR")  # [N]
+        special = self._special_words.lookup(words)
+        head = tf.where(special >= 0, special, tf.where(length > _MAX_WORD_CHARS, self._unk,
+                                                         self._vocab.lookup(words)))  # -1: loop
+        rest = tf.where(head < 0)[:, 0]  # [M] the words to split
+        word, size = tf.gather(words, rest), tf.gather(length, rest)
+        kmax = tf.minimum(self._max_piece, tf.reduce_max(tf.concat([size, [1]], 0)))
+        k = tf.range(1, kmax + 1)  # [K] candidate lengths
+        tiled = tf.broadcast_to(word[:, None], tf.stack([tf.size(word), kmax]))  # [M, K]
+
+        def step(start, done, bad, out):
+            pos = tf.broadcast_to(start[:, None], tf.shape(tiled))
+            sub = tf.strings.substr(tiled, pos, tf.broadcast_to(k, tf.shape(tiled)), unit="UTF8_CHAR")
+            sub = tf.where(pos > 0, tf.strings.join(["##", sub]), sub)
+            found = self._vocab.lookup(sub)  # [M, K]
+            ok = (found >= 0) & (pos + k[None, :] <= size[:, None])
+            best = tf.reduce_max(tf.where(ok, k, 0), axis=1)  # [M] longest match, 0 = none
+            best_id = tf.gather(found, tf.maximum(best - 1, 0), batch_dims=1)
+            active = ~done
+            failed = active & tf.equal(best, 0)
+            start = tf.where(active, start + best, start)
+            out = tf.concat([out, tf.where(active & ~failed, best_id, -1)[:, None]], 1)
+            return start, done | failed | (start >= size), bad | failed, out
+
+        none = tf.zeros_like(size, tf.bool)
+        _, _, bad, out = tf.while_loop(
+            lambda start, done, bad, out: tf.reduce_any(~done), step,
+            (tf.zeros_like(size), none, none, tf.zeros([tf.size(word), 0], tf.int32)),
+            shape_invariants=(tf.TensorShape([None]),) * 3 + (tf.TensorShape([None, None]),))
+        # A word WordPiece cannot spell is one [UNK]; put the split words back in place.
+        out = tf.concat([tf.where(bad, self._unk, -1)[:, None], tf.where(bad[:, None], -1, out)], 1)
+        split = tf.tensor_scatter_nd_update(tf.fill(tf.stack([tf.size(words), tf.shape(out)[1]]), -1),
+                                            rest[:, None], out)
+        ids = tf.concat([head[:, None], split], 1)  # [N, 1 + 1 + steps], -1 = nothing
+        return tf.ragged.boolean_mask(ids, ids >= 0)
+
+    def _decode_init(self, tokens: list[str]) -> None:
+        """Per-id constants mirroring ChineseTokenizer.decode (its special ids, first occurrence)."""
+        specials = special_token_ids(tokens)
+        hidden = {specials[t] for t in (PAD, CLS, SEP, MASK) if t in specials}
+        hidden.update(i for i, t in enumerate(tokens) if re.fullmatch(r"\[unused\d+\]", t))
+        cont = [t.startswith("##") and len(t) > 2 for t in tokens]
+        pieces = [t[2:] if c else t for t, c in zip(tokens, cont)]
+        self._size, self._sep = len(tokens), specials[SEP]
+        self._hidden = tf.constant([i in hidden for i in range(len(tokens))])
+        self._is_cont = tf.constant(cont)
+        self._pieces = tf.constant(pieces)
+        self._nonempty = tf.constant([bool(p) for p in pieces])
+        self._starts_wordlike = tf.constant([bool(p) and _is_wordlike(p[0]) for p in pieces])
+        self._ends_wordlike = tf.constant([bool(p) and _is_wordlike(p[-1]) for p in pieces])
+
+
+def _row_positions(rt: tf.RaggedTensor) -> tf.Tensor:
+    """Index of each value of a 2-D ragged tensor within its row."""
+    return tf.range(tf.size(rt.values, out_type=tf.int64)) - tf.gather(rt.row_starts(), rt.value_rowids())
+
+
+def _table(keys, values, default) -> tf.lookup.StaticHashTable:
+    key_dtype = tf.string if keys and isinstance(keys[0], str) else tf.int32
+    value_dtype = tf.string if isinstance(default, str) else tf.int32
+    init = tf.lookup.KeyValueTensorInitializer(tf.constant(keys, key_dtype), tf.constant(values, value_dtype))
+    return tf.lookup.StaticHashTable(init, default)
+
+
+@functools.lru_cache(maxsize=2)  # about 1.5 s each; the result is only read
+def _code_point_map(lower: bool) -> tuple[list[int], list[int], dict[int, str]]:
+    """Runs of code points with one class, and the table of the code points BERT rewrites."""
+    bounds, classes, table = [], [], {}
+    for cp in range(0x110000):
+        c = chr(cp)
+        out = _bert_char(c, lower)
+        cls = _KEEP if out == c else _SPACED if out == f" {c} " else _TABLE
+        if cls == _TABLE and out:
+            table[cp] = out
+        if not classes or classes[-1] != cls:
+            bounds.append(cp)
+            classes.append(cls)
+    for k in range(len(_SPECIALS)):  # the literal special tokens: their own words
+        table[_SENTINEL + k] = f" \0{k} "
+    bounds.append(_SENTINEL)
+    classes.append(_TABLE)
+    return bounds, classes, table
+
+
+def _bert_char(c: str, lower: bool) -> str:
+    """What HF BertTokenizer makes of one code point, in HF's order; spaces separate words."""
+    s = c.lower() if lower else c  # PreTrainedTokenizer.tokenize lowers each character first
+    cleaned = []
+    for x in s:  # BasicTokenizer._clean_text, then _tokenize_chinese_chars
+        cat = unicodedata.category(x)
+        if x in "\x00\ufffd" or (x not in "\t\n\r" and cat.startswith("C")):
+            continue
+        cleaned.append(" " if x in " \t\n\r" or cat == "Zs" else f" {x} " if _is_cjk(x) else x)
+    out = []
+    for y in unicodedata.normalize("NFC", "".join(cleaned)):
+        if y.isspace():  # str.split() also splits at U+2028/U+2029, which cleaning keeps
+            out.append(" ")
+            continue
+        if lower:  # token.lower(), then NFD and drop the combining marks (Mn)
+            y = "".join(z for z in unicodedata.normalize("NFD", y.lower()) if unicodedata.category(z) != "Mn")
+        out.extend(f" {z} " if _is_punctuation(z) else z for z in y)
+    return "".join(out)
+
+
+def _is_cjk(c: str) -> bool:
+    cp = ord(c)
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+            or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def _is_punctuation(c: str) -> bool:
+    cp = ord(c)
+    return (33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126
+            or unicodedata.category(c).startswith("P"))
+
+
+def _is_wordlike(c: str) -> bool:
+    return unicodedata.category(c)[0] in "LN" and not _is_cjk(c)
