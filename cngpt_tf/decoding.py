@@ -15,11 +15,13 @@ from .model import positions_from_mask
 from .sampling import Sampler, suppress
 
 
-def compile_decoder(params, config, sampler: Sampler):
+def compile_decoder(params, config, sampler: Sampler, make_constraint=None):
     """The GPT-2 decode loop over `params` as one XLA computation.
 
     Returns fn(ids [B, P], mask [B, P], buffer [B, N], max_new, min_new, eos, pad, seed,
-    temperature, top_p, penalty) -> (tokens [B, N], steps); P and N should be bucketed by the caller.
+    temperature, top_p, penalty, *constraint_inputs) -> (tokens [B, N], steps); P and N should be
+    bucketed by the caller. make_constraint(*constraint_inputs) -> (constraint, initial state) adds a
+    logits constraint (e.g. `cngpt_tf.poetry.PoemConstraint`) whose data are runtime inputs.
     """
 
     def step_fn(ids, positions, cache, index, key_mask):
@@ -27,13 +29,15 @@ def compile_decoder(params, config, sampler: Sampler):
         return model.lm_head(params, hidden[:, -1]), cache  # logits of the last position only
 
     @tf.function(jit_compile=True, autograph=False)  # the loops are explicit tf.while_loop
-    def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty):
+    def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty, *constraint_inputs):
         batch, slots = _dim(ids, 0), _dim(ids, 1) + _dim(buffer, 1)
         cache = model.empty_cache(config, batch, slots, params["model/wte"].dtype)
+        constraint, constraint_state = make_constraint(*constraint_inputs) if make_constraint else (None, ())
         return decode(
             step_fn, cache, sampler, ids, mask, buffer,
             max_new_tokens=max_new, min_new_tokens=min_new, eos_token_id=eos, pad_token_id=pad,
             seed=seed, temperature=temperature, top_p=top_p, penalty=penalty, vocab_size=config.n_vocab,
+            constraint=constraint, constraint_state=constraint_state,
         )
 
     return run
@@ -56,12 +60,16 @@ def decode(
     top_p,
     penalty,
     vocab_size: int,
+    constraint=None,
+    constraint_state=(),
 ):
     """Generate up to `max_new_tokens` tokens after left-padded prompts.
 
     input_ids, attention_mask: [B, P] int32; new_tokens: [B, N] int32 buffer (N bounds
     max_new_tokens, a runtime scalar); eos_token_id: scalar, -1 never stops. Rows that emit
     end-of-text get `pad_token_id` afterwards. Returns (tokens [B, N], number of steps taken).
+    constraint: an object with apply(logits, step, state) -> logits and update(token, step, state)
+    -> state, applied before sampling at every step; constraint_state is its initial state.
     """
     # Dynamic sizes: a SavedModel signature traces this with an unknown batch and prompt length.
     batch, prompt_len, n_new = _dim(input_ids, 0), _dim(input_ids, 1), _dim(new_tokens, 1)
@@ -78,6 +86,7 @@ def decode(
         seen=seen,
         finished=tf.zeros([batch], tf.bool),
         tokens=new_tokens,
+        constraint=constraint_state,
     )
 
     def choose(s):
@@ -85,10 +94,13 @@ def decode(
         step = s["step"]
         early = tf.logical_and(step < min_new_tokens, eos_token_id >= 0)
         logits = suppress(s["logits"], tf.maximum(eos_token_id, 0), tf.fill([batch], early))
+        if constraint is not None:
+            logits = constraint.apply(logits, step, s["constraint"])
         token = sampler(logits, s["seen"], tf.stack([seed, step]), temperature, top_p, penalty)  # [B]
         token = tf.where(s["finished"], pad_token_id, token)
         return dict(
             s,
+            constraint=constraint.update(token, step, s["constraint"]) if constraint is not None else (),
             step=step + 1,
             token=token,
             key_mask=_set_column(s["key_mask"], prompt_len + step, tf.ones([batch], tf.int32)),

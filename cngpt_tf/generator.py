@@ -22,6 +22,7 @@ from . import model
 from .config import GPT2Config, with_vocab
 from .decoding import compile_decoder
 from .errors import SourceError
+from .poetry import PoemConstraint
 from .sampling import SamplingConfig, make_sampler
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Generator:
         packed = model.params_from_pt(pt_tensors, config)
         self.params = {k: tf.Variable(v, trainable=False, name=k.replace("/", "_")) for k, v in packed.items()}
         self._compiled = {}
+        self._poem_vocab = None  # cngpt_tf.poetry.PoemVocab, built on the first poem()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, tokenizer: bool = True) -> "Generator":
@@ -98,29 +100,32 @@ class Generator:
         if num_return_sequences > 1:
             ids, mask = np.repeat(ids, num_return_sequences, 0), np.repeat(mask, num_return_sequences, 0)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        eos = -1 if eos is None else eos
-        seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else seed
+        return self._run(sampling, ids, mask, max_new, min_new_tokens, -1 if eos is None else eos,
+                         self._pad_id(pad_token_id), seed)
 
-        # Bucket: extra left padding, and a new-token buffer rounded up, so shapes repeat.
-        prompt_bucket = _round_up(ids.shape[1], BUCKET)
-        pad = prompt_bucket - ids.shape[1]
-        padded_ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self._pad_id(pad_token_id))
-        padded_mask = np.pad(mask, ((0, 0), (pad, 0)))
-        buffer = np.full((ids.shape[0], _round_up(max_new, BUCKET)), self._pad_id(pad_token_id), np.int32)
-        fn = self._compiled_decode(sampling)
-        tokens, steps = fn(
-            tf.constant(padded_ids), tf.constant(padded_mask), tf.constant(buffer),
-            tf.constant(max_new), tf.constant(min_new_tokens), tf.constant(eos), tf.constant(self._pad_id(pad_token_id)),
-            tf.constant(seed, tf.int32), tf.constant(temperature, tf.float32), tf.constant(top_p, tf.float32),
-            tf.constant(repetition_penalty, tf.float32),
-        )
+    def _run(self, sampling, ids, mask, max_new, min_new, eos, pad, seed, constraint=None):
+        """Bucket the shapes, run the compiled decoder, return prompt + new tokens (numpy)."""
+        seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else seed
+        # Extra left padding, and a new-token buffer rounded up, so that shapes repeat.
+        extra = _round_up(ids.shape[1], BUCKET) - ids.shape[1]
+        padded_ids = np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad)
+        padded_mask = np.pad(mask, ((0, 0), (extra, 0)))
+        buffer = np.full((ids.shape[0], _round_up(max_new, BUCKET)), pad, np.int32)
+        fn = self._compiled_decode(sampling, constraint is not None)
+        scalars = [(max_new, tf.int32), (min_new, tf.int32), (eos, tf.int32), (pad, tf.int32), (seed, tf.int32),
+                   (sampling.temperature, tf.float32), (sampling.top_p, tf.float32),
+                   (sampling.repetition_penalty, tf.float32)]
+        extra_inputs = constraint.inputs(buffer.shape[1]) if constraint is not None else ()
+        tokens, steps = fn(tf.constant(padded_ids), tf.constant(padded_mask), tf.constant(buffer),
+                           *(tf.constant(v, t) for v, t in scalars), *extra_inputs)
         return np.concatenate([ids, tokens.numpy()[:, : int(steps)]], axis=1)
 
-    def _compiled_decode(self, sampling: SamplingConfig):
-        """One compiled decoder per sampling strategy; TF retraces it per shape bucket."""
-        key = sampling.trace_key
+    def _compiled_decode(self, sampling: SamplingConfig, constrained: bool = False):
+        """One compiled decoder per sampling strategy (and poem or not); TF retraces it per bucket."""
+        key = (sampling.trace_key, constrained)
         if key not in self._compiled:
-            self._compiled[key] = compile_decoder(self.params, self.config, make_sampler(sampling))
+            make = PoemConstraint.from_inputs if constrained else None
+            self._compiled[key] = compile_decoder(self.params, self.config, make_sampler(sampling), make)
         return self._compiled[key]
 
     def _pad_id(self, pad_token_id):
@@ -143,6 +148,54 @@ class Generator:
         n = kwargs.get("num_return_sequences", 1)
         width = max(len(ids) for ids in encoded)
         return [self._join(prompts[i // n], encoded[i // n], row[width:]) for i, row in enumerate(sequences)]
+
+    def poem(
+        self,
+        prompt: str = "",
+        form="七言绝句",
+        acrostic: str | None = None,
+        rhyme=None,
+        *,
+        do_sample: bool = True,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        num_return_sequences: int = 1,
+        rhyme_table=None,
+    ) -> list[str]:
+        """Classical poems of an exact form, one string each: one line per 句, "\n"-joined.
+
+        form: "五言绝句", "七言绝句", "五言律诗", "七言律诗" or (chars_per_line, lines);
+        acrostic: one character per line (藏头诗); rhyme: None, "auto" (even lines rhyme with line 2),
+        a rhyme-group name of the table (e.g. "十唐") or a character to rhyme with.
+        The prompt (e.g. a title) conditions the poem and is not part of the result. The form is
+        enforced by masks inside the compiled loop (`cngpt_tf.poetry`).
+        """
+        from .poetry import PoemPlan, PoemVocab, format_poem
+
+        if self.tokenizer is None:
+            raise ValueError("poem() needs a tokenizer (no vocab.txt beside the weights)")
+        sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty).validate()
+        _check_int("num_return_sequences", num_return_sequences, 1)
+        if num_return_sequences > 1 and not do_sample:
+            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy rows would be identical)")
+        if rhyme_table is not None:
+            vocab = PoemVocab(self.tokenizer.tokens, self.config.eos_token_id, rhyme_table)
+        else:  # the shipped table: built once per generator
+            if self._poem_vocab is None:
+                self._poem_vocab = PoemVocab(self.tokenizer.tokens, self.config.eos_token_id)
+            vocab = self._poem_vocab
+        plan = PoemPlan.build(vocab, form, num_return_sequences, acrostic, rhyme)
+        prompt_ids = self.tokenizer.encode(prompt)
+        if len(prompt_ids) + plan.n_new > self.config.n_ctx:
+            raise ValueError(f"prompt: {len(prompt_ids)} tokens + a {plan.n_new}-token poem exceed "
+                             f"n_positions={self.config.n_ctx}")
+        ids = np.array([prompt_ids] * num_return_sequences, np.int32)
+        out = self._run(sampling, ids, np.ones_like(ids), plan.n_new, 0, self.config.eos_token_id,
+                        self._pad_id(None), seed, constraint=plan)
+        return [format_poem(self.tokenizer.decode(row[len(prompt_ids):])) for row in out]
 
     def _join(self, prompt: str, prompt_ids: list[int], new_ids) -> str:
         """The user's own prompt text + the clean decode of what followed it.

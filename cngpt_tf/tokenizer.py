@@ -98,6 +98,7 @@ class ChineseTokenizer:
         self._hidden = frozenset(hidden)
 
     vocab_size = property(lambda self: len(self._tokens))
+    tokens = property(lambda self: list(self._tokens), doc="the vocab, in id order")
     pad_token_id = property(lambda self: self._ids[PAD])
     unk_token_id = property(lambda self: self._ids[UNK])
     cls_token_id = property(lambda self: self._ids[CLS])
