@@ -18,6 +18,7 @@ example:
   python -m converters.pt2tf --demo demo_out/          # or convert a real model
   python -m cngpt_tf.generate demo_out/ "明月几时有，" --max_length 60 --do_sample --top_k 8 --seed 0
   python -m cngpt_tf.generate demo_out/ "床前明月光，" "春眠不觉晓，" --max_new_tokens 32   # a batch
+  python -m cngpt_tf.generate demo_out/ "" --form 五言绝句 --acrostic 明月几时 --rhyme auto --seed 1
 """
 
 
@@ -40,6 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repetition_penalty", type=float, default=1.0, help="CTRL penalty (1.0: off)")
     parser.add_argument("--num_return_sequences", type=int, default=1)
     parser.add_argument("--seed", type=int, help="makes sampling reproducible")
+    poem = parser.add_argument_group("classical poems (the prompt is a title or context; form is enforced)")
+    poem.add_argument("--form", help="五言绝句, 七言绝句, 五言律诗, 七言律诗, or CHARS,LINES (e.g. 5,4)")
+    poem.add_argument("--acrostic", help="藏头诗: one character per line")
+    poem.add_argument("--rhyme", help="'auto' (even lines rhyme with line 2), a rhyme group, or a character")
     cli.add_common_flags(parser)
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
@@ -50,6 +55,16 @@ def main(argv=None) -> int:
         generator = Generator.from_pretrained(args.model)
         length = {"max_length": args.max_length} if args.max_length else {"max_new_tokens": args.max_new_tokens or 50}
         try:
+            if args.form or args.acrostic:
+                for prompt in args.prompts:
+                    for text in generator.poem(
+                        prompt, _form(args.form or "七言绝句"), args.acrostic, args.rhyme, do_sample=True,
+                        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                        repetition_penalty=args.repetition_penalty, seed=args.seed,
+                        num_return_sequences=args.num_return_sequences,
+                    ):
+                        print(text + "\n")
+                return
             texts = generator.generate(
                 args.prompts, do_sample=args.do_sample, top_k=args.top_k, top_p=args.top_p,
                 temperature=args.temperature, repetition_penalty=args.repetition_penalty,
@@ -61,6 +76,12 @@ def main(argv=None) -> int:
             print(text)
 
     return cli.run_main(run)
+
+
+def _form(text: str):
+    """"七言绝句" stays a name; "5,4" becomes (5, 4)."""
+    parts = text.replace("x", ",").split(",")
+    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.strip().isdigit() for p in parts) else text
 
 
 if __name__ == "__main__":
