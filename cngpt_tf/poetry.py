@@ -149,19 +149,36 @@ class PoemPlan:
                     raise ValueError(f"rhyme: character {rhyme!r} is in no rhyme group")
             else:
                 raise ValueError(f"rhyme: expected None, 'auto', a group name or one character, got {rhyme!r}")
-        n = lines * (chars + 1) + 1
-        schedule, forced = np.full(n, CJK_ROW, np.int32), np.zeros(n, np.int32)
-        for line in range(lines):
-            start = line * (chars + 1)
-            if acrostic_ids:
-                schedule[start], forced[start] = FORCE, acrostic_ids[line]
-            if rhyme is not None and line % 2 == 1 and not (acrostic_ids and chars == 1):
-                schedule[start + chars - 1] = RHYME
-            schedule[start + chars] = COMMA_ROW if line % 2 == 0 else PERIOD_ROW
-        schedule[-1] = SEP_ROW
-        tile = lambda a: np.tile(a[None], (batch, 1))  # noqa: E731
+        acrostic_row = np.array([acrostic_ids or [-1] * lines], np.int32)
+        schedule, forced = build_schedule(np.array([chars]), np.array([lines]), acrostic_row,
+                                          np.array([rhyme is not None]), lines * (chars + 1) + 1)
+        tile = lambda a: np.tile(a.numpy(), (batch, 1))  # noqa: E731
         return cls(chars, lines, vocab.table, vocab.char_group, tile(schedule), tile(forced),
                    np.full(batch, group, np.int32))
+
+
+def build_schedule(chars, lines, acrostic_ids, rhyme, n_steps):
+    """The per-step mask codes of a batch of poems, in TF ops (used eagerly and inside SavedModels).
+
+    chars, lines: [B] int32; acrostic_ids: [B, A] int32, -1 where a row has no acrostic; rhyme: [B]
+    bool. Returns schedule and forced, [B, n_steps] int32: step t of row b is character `t % (C+1)`
+    of line `t // (C+1)`; position C is the line's punctuation; step L*(C+1) is [SEP] (and so is
+    anything after it: the row has finished by then).
+    """
+    chars, lines = tf.cast(chars, tf.int32)[:, None], tf.cast(lines, tf.int32)[:, None]  # [B, 1]
+    t = tf.range(n_steps)[None, :]  # [1, N]
+    line, pos = t // (chars + 1), t % (chars + 1)  # [B, N]
+    schedule = tf.fill(tf.shape(line), CJK_ROW)
+    punctuation = tf.where(line % 2 == 0, COMMA_ROW, PERIOD_ROW)
+    schedule = tf.where(pos == chars, punctuation, schedule)
+    rhymes = rhyme[:, None] & (line % 2 == 1) & (pos == chars - 1) & (chars > 1)
+    schedule = tf.where(rhymes, RHYME, schedule)
+    acrostic = tf.gather(acrostic_ids, tf.minimum(line, tf.shape(acrostic_ids)[1] - 1), batch_dims=1)  # [B, N]
+    force = (pos == 0) & (acrostic >= 0)
+    schedule = tf.where(force, FORCE, schedule)
+    forced = tf.where(force, acrostic, 0)
+    schedule = tf.where(t >= lines * (chars + 1), SEP_ROW, schedule)
+    return schedule, forced
 
 
 class PoemConstraint:

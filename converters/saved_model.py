@@ -10,6 +10,10 @@ Signatures (the input and output names are what REST/gRPC clients send and recei
 - `logits`: int32 `input_ids`, `attention_mask` -> float32 `logits` [batch, seq, vocab].
 - sampled exports add `serving_seeded`: `text` + int64 `seed` [batch] (one seed per request: the
   first row's; all rows of a request share one random stream) -> `generated_text`.
+- `poem`: `text` (a title or context, may be ""), `form` ("七言绝句"… or "chars,lines"),
+  `acrostic` ("" for none, else one character per line), `rhyme` ("" or "auto"), int64 `seed`,
+  all [batch] -> `poem` tf.string: one line per 句, "\n"-joined; the form enforced by the masks of
+  `cngpt_tf.poetry` inside the decode loop, with the export's sampling settings.
 Generation settings are fixed at export and written to `assets/generation_config.json` under HF
 `GenerationConfig` key names. The decode loop is XLA-compiled (`jit_compile=True`): the CPU model
 server needs `--xla_cpu_compilation_enabled=true` (see README).
@@ -27,6 +31,7 @@ import tensorflow as tf
 from cngpt_tf import model
 from cngpt_tf.config import GPT2Config
 from cngpt_tf.decoding import compile_decoder
+from cngpt_tf.poetry import FORMS, PoemConstraint, PoemVocab, build_schedule
 from cngpt_tf.sampling import SamplingConfig, make_sampler
 from cngpt_tf.vocab import read_vocab
 
@@ -35,6 +40,9 @@ IDS_SPEC = tf.TensorSpec([None, None], tf.int32, name="input_ids")
 MASK_SPEC = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
 SEED_SPEC = tf.TensorSpec([None], tf.int64, name="seed")
+FORM_SPEC = tf.TensorSpec([None], tf.string, name="form")
+ACROSTIC_SPEC = tf.TensorSpec([None], tf.string, name="acrostic")
+RHYME_SPEC = tf.TensorSpec([None], tf.string, name="rhyme")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +92,12 @@ class GenerationModule(GPT2Module):
                              f"in n_positions={config.n_ctx}")
         super().__init__(config, pt_tensors, vocab)
         self.generation = generation
-        self.text = TextGraph(read_vocab(vocab))
-        self._decode = compile_decoder(self.params, config, make_sampler(generation.sampling))
+        tokens = read_vocab(vocab)
+        self.text = TextGraph(tokens)
+        sampler = make_sampler(generation.sampling)
+        self._decode = compile_decoder(self.params, config, sampler)
+        self._decode_poem = compile_decoder(self.params, config, sampler, PoemConstraint.from_inputs)
+        self._poems = _PoemTables(tokens, config.eos_token_id)
 
     @tf.function(input_signature=[IDS_SPEC, MASK_SPEC])
     def generate_ids(self, input_ids, attention_mask):
@@ -100,30 +112,89 @@ class GenerationModule(GPT2Module):
         first = tf.cond(tf.size(seed) > 0, lambda: seed[0], lambda: tf.constant(0, tf.int64))
         return {"generated_text": self._generate_text(text, seed=tf.cast(first % (2**31 - 1), tf.int32))}
 
+    @tf.function(input_signature=[TEXT_SPEC, FORM_SPEC, ACROSTIC_SPEC, RHYME_SPEC, SEED_SPEC])
+    def poem(self, text, form, acrostic, rhyme, seed):
+        """Poems of an exact form after each `text` (a title or context, may be empty)."""
+        p = self._poems
+        chars, lines, acrostic_ids, rhymes = p.parse(form, acrostic, rhyme)
+        n_new = tf.reduce_max(lines * (chars + 1) + 1)
+        schedule, forced = build_schedule(chars, lines, acrostic_ids, rhymes, _round_up(n_new))
+        input_ids, attention_mask = self.text.encode(text, self.config.n_ctx - n_new)
+        first = tf.cond(tf.size(seed) > 0, lambda: seed[0], lambda: tf.constant(0, tf.int64))
+        constraint = (p.table, schedule, forced, p.char_group, tf.fill(tf.shape(chars), -1))
+        sequences = self._generate(input_ids, attention_mask, tf.cast(first % (2**31 - 1), tf.int32),
+                                   n_new, self._decode_poem, constraint)
+        poems = self.text.decode(sequences[:, tf.shape(input_ids)[1]:], self.config.eos_token_id)
+        return {"poem": tf.strings.regex_replace(tf.strings.regex_replace(poems, "，", "，\n"), "。(.)", "。\n\\1")}
+
     def _generate_text(self, text, seed):
         max_prompt = self.config.n_ctx - self.generation.max_new_tokens
         input_ids, attention_mask = self.text.encode(text, max_prompt)
         sequences = self._generate(input_ids, attention_mask, seed)
         return self.text.decode(sequences, self.config.eos_token_id)
 
-    def _generate(self, input_ids, attention_mask, seed):
-        """Left-padded [B, P] prompts -> [B, P + new]; P is padded up to a bucket for the XLA cache."""
+    def _generate(self, input_ids, attention_mask, seed, max_new=None, decode=None, constraint=()):
+        """Left-padded [B, P] prompts -> [B, P + new]; P and the new-token buffer are padded up to
+        buckets, as in the Python generator, so that few shapes reach the XLA compiler."""
         c, g = self.config, self.generation
+        max_new = tf.constant(g.max_new_tokens) if max_new is None else max_new
         pad = c.pad_token_id or 0
-        length = tf.shape(input_ids)[1]
         tf.debugging.assert_less_equal(
-            tf.reduce_max(tf.reduce_sum(attention_mask, axis=1)) + g.max_new_tokens, c.n_ctx,
-            message=f"prompt + max_new_tokens ({g.max_new_tokens}) exceed n_positions ({c.n_ctx})")
-        extra = (BUCKET - length % BUCKET) % BUCKET
+            tf.reduce_max(tf.reduce_sum(attention_mask, axis=1)) + max_new, c.n_ctx,
+            message=f"prompt + new tokens exceed n_positions ({c.n_ctx})")
+        extra = _round_up(tf.shape(input_ids)[1]) - tf.shape(input_ids)[1]
         ids = tf.pad(input_ids, [[0, 0], [extra, 0]], constant_values=pad)
         mask = tf.pad(attention_mask, [[0, 0], [extra, 0]])
-        n_new = -(-g.max_new_tokens // BUCKET) * BUCKET
-        buffer = tf.fill([tf.shape(ids)[0], n_new], pad)
-        tokens, steps = self._decode(
-            ids, mask, buffer, tf.constant(g.max_new_tokens), tf.constant(0), tf.constant(c.eos_token_id),
+        buffer = tf.fill([tf.shape(ids)[0], _round_up(max_new)], pad)
+        tokens, steps = (decode or self._decode)(
+            ids, mask, buffer, max_new, tf.constant(0), tf.constant(c.eos_token_id),
             tf.constant(pad), tf.cast(seed, tf.int32), tf.constant(g.temperature, tf.float32),
-            tf.constant(g.top_p, tf.float32), tf.constant(g.repetition_penalty, tf.float32))
+            tf.constant(g.top_p, tf.float32), tf.constant(g.repetition_penalty, tf.float32), *constraint)
         return tf.concat([input_ids, tokens[:, :steps]], axis=1)
+
+
+class _PoemTables(tf.Module):
+    """The poem masks' data for the `poem` signature, and in-graph parsing of its inputs."""
+
+    def __init__(self, tokens: list[str], sep_id: int):
+        super().__init__()
+        vocab = PoemVocab(tokens, sep_id)
+        self.table = tf.constant(vocab.table)
+        self.char_group = tf.constant(vocab.char_group)
+        cjk = [(t, i) for i, t in enumerate(tokens) if vocab.cjk[i]]
+        self.char_ids = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            [t for t, _ in cjk], tf.constant([i for _, i in cjk], tf.int32)), default_value=-1)
+        self.forms = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            list(FORMS), tf.constant([c * 100 + n for c, n in FORMS.values()], tf.int32)), default_value=-1)
+
+    def parse(self, form, acrostic, rhyme):
+        """form [B] ("七言绝句" or "C,L"), acrostic [B] ("" none), rhyme [B] ("" / "auto") -> the
+        inputs of `build_schedule`; a bad row fails the request with InvalidArgument."""
+        named = self.forms.lookup(form)
+        numeric = tf.strings.regex_full_match(form, r"[0-9]{1,2},[0-9]{1,2}")
+        tf.debugging.assert_equal(tf.reduce_all((named >= 0) | numeric), True,
+                                  message=f"form: use one of {', '.join(FORMS)} or 'chars,lines'")
+        digits = tf.where(numeric, form, "0,0")
+        pair = tf.strings.to_number(tf.strings.split(digits, ",").to_tensor("0", shape=[None, 2]), tf.int32)
+        chars = tf.where(named >= 0, named // 100, pair[:, 0])
+        lines = tf.where(named >= 0, named % 100, pair[:, 1])
+        tf.debugging.assert_positive(chars * lines, message="form: use a form name or 'chars,lines'")
+        tf.debugging.assert_less_equal(tf.maximum(chars, lines), 32, message="form: at most 32 chars and lines")
+        letters = tf.strings.unicode_split(acrostic, "UTF-8")  # ragged [B, A]
+        padded = letters.to_tensor("")
+        ids = self.char_ids.lookup(padded)
+        tf.debugging.assert_equal(tf.reduce_any((ids < 0) & (padded != "")), False,
+                                  message="acrostic: a character is not a Chinese character of the vocab")
+        count = letters.row_lengths()
+        tf.debugging.assert_equal(tf.logical_or(count == 0, tf.cast(count, tf.int32) == lines), True,
+                                  message="acrostic: one character per line")
+        ids = tf.where(tf.equal(count, 0)[:, None], -1, ids)
+        ids = tf.pad(ids, [[0, 0], [0, 1]], constant_values=-1)  # at least one column
+        return chars, lines, ids, tf.equal(rhyme, "auto")
+
+
+def _round_up(n):
+    return (n + BUCKET - 1) // BUCKET * BUCKET
 
 
 def export_saved_model(folder: str | Path, pt_tensors, config: GPT2Config, vocab: str | Path,
@@ -141,6 +212,7 @@ def export_saved_model(folder: str | Path, pt_tensors, config: GPT2Config, vocab
         if generation is not None:
             signatures["serving_default"] = module.generate_text.get_concrete_function()
             signatures["generate_ids"] = module.generate_ids.get_concrete_function()
+            signatures["poem"] = module.poem.get_concrete_function()
             if generation.do_sample:
                 signatures["serving_seeded"] = module.generate_text_seeded.get_concrete_function()
             path = Path(tmp) / "generation_config.json"

@@ -20,6 +20,10 @@ PROMPT = "明月几时有，"
 
 def warmup_inputs(config: GPT2Config, signature: str) -> dict[str, np.ndarray]:
     """One batch-1 request for `signature`, shaped like a typical prompt."""
+    if signature == "poem":
+        return {"text": np.array([b""], dtype=object), "form": np.array(["五言绝句".encode()], dtype=object),
+                "acrostic": np.array([b""], dtype=object), "rhyme": np.array([b"auto"], dtype=object),
+                "seed": np.array([0], np.int64)}
     if signature in ("serving_default", "serving_seeded"):
         inputs = {"text": np.array([PROMPT.encode("utf-8")], dtype=object)}
         if signature == "serving_seeded":

@@ -49,7 +49,7 @@ def texts(result) -> list[str]:
 def test_signatures_listed_by_saved_model_cli(exported):
     shown = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
                             str(exported), "--all"], capture_output=True, text=True, check=True).stdout
-    for name in ("serving_default", "generate_ids", "logits"):
+    for name in ("serving_default", "generate_ids", "logits", "poem"):
         assert f"signature_def['{name}']" in shown
     for tensor in ("text", "generated_text", "input_ids", "attention_mask", "sequences", "logits"):
         assert f"['{tensor}']" in shown
@@ -129,7 +129,7 @@ def test_warmup_records_replay(exported, loaded):
         out = loaded.signatures[request.model_spec.signature_name](**inputs)
         assert out
         seen.append(request.model_spec.signature_name)
-    assert sorted(seen) == sorted(["serving_default", "generate_ids", "logits"])
+    assert sorted(seen) == sorted(["serving_default", "generate_ids", "logits", "poem"])
 
 
 def test_bad_requests_give_defined_results(loaded, exported):
@@ -180,6 +180,20 @@ def test_sampled_export_takes_a_seed(tiny_pt_dir, tmp_path):
     b = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([7, 7, 7], tf.int64)))
     c = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([8, 8, 8], tf.int64)))
     assert a == b and a != c
+
+
+def test_poem_signature_keeps_the_form_per_row(loaded):
+    out = loaded.signatures["poem"](
+        text=tf.constant(["", "明月"]), form=tf.constant(["五言绝句", "3,2"]), acrostic=tf.constant(["明月几时", ""]),
+        rhyme=tf.constant(["auto", ""]), seed=tf.constant([1, 1], tf.int64))
+    first, second = (p.decode("utf-8").split("\n") for p in out["poem"].numpy())
+    assert [len(line) for line in first] == [6] * 4 and [line[0] for line in first] == list("明月几时")
+    assert [line[-1] for line in first] == ["，", "。", "，", "。"]
+    assert [len(line) for line in second] == [4, 4] and [line[-1] for line in second] == ["，", "。"]
+    for form, acrostic in (("五言绝句", "明月"), ("八言", ""), ("五言绝句", "abcd")):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            loaded.signatures["poem"](text=tf.constant([""]), form=tf.constant([form]), acrostic=tf.constant([acrostic]),
+                                      rhyme=tf.constant([""]), seed=tf.constant([0], tf.int64))
 
 
 def test_no_generate_exports_logits_only(tiny_pt_dir, tmp_path, capsys):
