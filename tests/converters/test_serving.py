@@ -218,3 +218,16 @@ def _post(url, payload):
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read().decode("utf-8"))
+
+
+def test_models_config_example_parses():
+    """serving/models.config is a valid ModelServerConfig text proto naming our model and path."""
+    from pathlib import Path
+
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    text = (Path(__file__).resolve().parents[2] / "serving" / "models.config").read_text(encoding="utf-8")
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert (model.name, model.base_path, model.model_platform) == ("cngpt", "/models/cngpt", "tensorflow")
