@@ -52,7 +52,9 @@ class StandIn:
                         return self._reply(200, {"predictions": _rows(out)})
                     inputs = {k: np.asarray(_encode(v)) for k, v in body["inputs"].items()}
                     out = stand_in.predict(signature, inputs)
-                    return self._reply(200, {"outputs": {k: _jsonable(v) for k, v in out.items()}})
+                    # Like the real server: a single output is given bare, several by name.
+                    outputs = {k: _jsonable(v) for k, v in out.items()}
+                    return self._reply(200, {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs})
                 except Exception as e:  # noqa: BLE001 — like the real server: an error reply, not a crash
                     return self._reply(400, {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
 
