@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from .tokenizer import is_cjk
+
 FORMS = {"五言绝句": (5, 4), "七言绝句": (7, 4), "五言律诗": (5, 8), "七言律诗": (7, 8)}
 COMMA, PERIOD = "，", "。"
 RHYME_TABLE = Path(__file__).with_name("data") / "rhyme_groups.json"
@@ -61,14 +63,6 @@ def load_rhyme_table(path_or_dict=None) -> dict[str, str]:
     if isinstance(path_or_dict, dict):
         return path_or_dict
     return json.loads(Path(path_or_dict or RHYME_TABLE).read_text(encoding="utf-8"))
-
-
-def is_cjk(c: str) -> bool:
-    """HF BertTokenizer's CJK ranges: what the vocab holds as single-character Chinese tokens."""
-    cp = ord(c)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
-            or 0x2F800 <= cp <= 0x2FA1F)
 
 
 class PoemVocab:

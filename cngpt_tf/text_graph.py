@@ -32,6 +32,7 @@ import unicodedata
 
 import tensorflow as tf
 
+from .tokenizer import is_cjk, is_punctuation, is_wordlike
 from .vocab import CLS, MASK, PAD, SEP, UNK, special_token_ids
 
 _SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # matched literally in the text, as HF's added-token trie does
@@ -193,8 +194,8 @@ class TextGraph(tf.Module):
         self._is_cont = tf.constant(cont)
         self._pieces = tf.constant(pieces)
         self._nonempty = tf.constant([bool(p) for p in pieces])
-        self._starts_wordlike = tf.constant([bool(p) and _is_wordlike(p[0]) for p in pieces])
-        self._ends_wordlike = tf.constant([bool(p) and _is_wordlike(p[-1]) for p in pieces])
+        self._starts_wordlike = tf.constant([bool(p) and is_wordlike(p[0]) for p in pieces])
+        self._ends_wordlike = tf.constant([bool(p) and is_wordlike(p[-1]) for p in pieces])
 
 
 def _row_positions(rt: tf.RaggedTensor) -> tf.Tensor:
@@ -237,7 +238,7 @@ def _bert_char(c: str, lower: bool) -> str:
         cat = unicodedata.category(x)
         if x in "\x00\ufffd" or (x not in "\t\n\r" and cat.startswith("C")):
             continue
-        cleaned.append(" " if x in " \t\n\r" or cat == "Zs" else f" {x} " if _is_cjk(x) else x)
+        cleaned.append(" " if x in " \t\n\r" or cat == "Zs" else f" {x} " if is_cjk(x) else x)
     out = []
     for y in unicodedata.normalize("NFC", "".join(cleaned)):
         if y.isspace():  # str.split() also splits at U+2028/U+2029, which cleaning keeps
@@ -245,21 +246,5 @@ def _bert_char(c: str, lower: bool) -> str:
             continue
         if lower:  # token.lower(), then NFD and drop the combining marks (Mn)
             y = "".join(z for z in unicodedata.normalize("NFD", y.lower()) if unicodedata.category(z) != "Mn")
-        out.extend(f" {z} " if _is_punctuation(z) else z for z in y)
+        out.extend(f" {z} " if is_punctuation(z) else z for z in y)
     return "".join(out)
-
-
-def _is_cjk(c: str) -> bool:
-    cp = ord(c)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-            or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
-
-
-def _is_punctuation(c: str) -> bool:
-    cp = ord(c)
-    return (33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126
-            or unicodedata.category(c).startswith("P"))
-
-
-def _is_wordlike(c: str) -> bool:
-    return unicodedata.category(c)[0] in "LN" and not _is_cjk(c)

@@ -177,7 +177,7 @@ class ChineseTokenizer:
             if c in " \t\n\r" or unicodedata.category(c) == "Zs":
                 chars.append(" ")
             else:
-                chars.append(f" {c} " if self._split_cjk and _is_cjk(c) else c)
+                chars.append(f" {c} " if self._split_cjk and is_cjk(c) else c)
         words = []
         # str.split() also splits at U+2028/U+2029 and other separators BERT's cleaning keeps.
         for word in unicodedata.normalize("NFC", "".join(chars)).split():
@@ -195,20 +195,20 @@ def _join(words: list[str]) -> str:
     for word in words:
         if not word:
             continue  # an empty vocab line decodes to nothing
-        if out and _is_wordlike(out[-1][-1]) and _is_wordlike(word[0]):
+        if out and is_wordlike(out[-1][-1]) and is_wordlike(word[0]):
             out.append(" ")
         out.append(word)
     return "".join(out)
 
 
-def _is_cjk(c: str) -> bool:
+def is_cjk(c: str) -> bool:
     """A CJK ideograph, by the ranges BERT splits per character (not kana, hangul or CJK punctuation)."""
     cp = ord(c)
     return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
             or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
-def _is_punctuation(c: str) -> bool:
+def is_punctuation(c: str) -> bool:
     """BERT's punctuation: Unicode P* plus every non-alphanumeric printable ASCII character."""
     cp = ord(c)
     if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
@@ -220,15 +220,15 @@ def _is_control(c: str) -> bool:
     return c not in "\t\n\r" and unicodedata.category(c).startswith("C")
 
 
-def _is_wordlike(c: str) -> bool:
-    return unicodedata.category(c)[0] in "LN" and not _is_cjk(c)
+def is_wordlike(c: str) -> bool:
+    return unicodedata.category(c)[0] in "LN" and not is_cjk(c)
 
 
 def _split_punctuation(word: str) -> list[str]:
     pieces: list[str] = []
     run = ""
     for c in word:
-        if _is_punctuation(c):
+        if is_punctuation(c):
             pieces += [run, c] if run else [c]
             run = ""
         else:

@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports tensorflow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -22,6 +23,19 @@ TINY = dict(n_positions=64, n_embd=64, n_layer=2, n_head=4)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: full-size (12-layer) checks; kept in CI")
+
+
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handler():
+    """`main()` calls `logging.basicConfig(force=True)`, which binds a root handler to capsys' stream;
+    remove it afterwards, or later tests log into a closed file ("--- Logging error ---")."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

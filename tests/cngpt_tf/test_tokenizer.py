@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cngpt_tf.errors import ConfigError, VocabError
-from cngpt_tf.tokenizer import ChineseTokenizer, _is_cjk
+from cngpt_tf.tokenizer import ChineseTokenizer, is_cjk
 from cngpt_tf.vocab import read_vocab
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -196,7 +196,7 @@ def test_round_trip_is_normalise_on_corpus(real_tok, corpus, corpus_ids):
 
 @pytest.fixture(scope="module")
 def cjk_alphabet(real_vocab):
-    return sorted(t for t in read_vocab(real_vocab) if len(t) == 1 and _is_cjk(t)) + list("，。！？")
+    return sorted(t for t in read_vocab(real_vocab) if len(t) == 1 and is_cjk(t)) + list("，。！？")
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

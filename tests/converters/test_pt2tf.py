@@ -36,19 +36,6 @@ TF2_FILES = {"tf_model.h5", "config.json", "vocab.txt", "tokenizer_config.json",
 LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
 
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    """`main()` calls `logging.basicConfig(force=True)`, which binds a root handler to capsys' stream;
-    remove it afterwards, or later tests log into a closed file ("--- Logging error ---")."""
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in before and type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    root.setLevel(level)
-
-
 # ----- helpers ------------------------------------------------------------------------------------
 
 

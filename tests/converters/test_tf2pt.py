@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 
 import pytest
@@ -12,19 +11,6 @@ from converters import tf2pt
 torch = pytest.importorskip("torch")
 
 LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    """`main()` calls `logging.basicConfig(force=True)`, which binds a root handler to capsys' stream;
-    remove it afterwards, or later tests log into a closed file ("--- Logging error ---")."""
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in before and type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def run_main(argv, capsys) -> tuple[int, str, str]:
