@@ -21,28 +21,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cngpt_tf.config import GPT2Config, write_json  # noqa: E402
-from cngpt_tf.formats.pytorch import write_pytorch  # noqa: E402
-from converters.demo import demo_weights  # noqa: E402
-
-SHARED_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "bert_chinese_vocab.txt"
+from benchmarks.full_size import make_model  # noqa: E402
 PROMPTS = ["明月几时有，把酒问青天。", "床前明月光，", "春眠不觉晓，处处闻啼鸟。", "白日依山尽，",
            "慈母手中线，", "国破山河在，", "大漠孤烟直，", "海上生明月，"]
-
-
-def make_model(folder: Path) -> Path:
-    from converters.demo import demo_vocab
-
-    vocab = SHARED_VOCAB.read_text(encoding="utf-8").split("\n")[:-1] if SHARED_VOCAB.is_file() else None
-    if vocab is None:  # a generated vocab of the real size, BERT's specials at their real ids
-        base = demo_vocab()
-        vocab = base + [f"[extra{i}]" for i in range(21128 - len(base))]
-    config = GPT2Config(n_vocab=len(vocab), n_ctx=1024, n_embd=768, n_head=12, n_layer=12)
-    folder.mkdir(parents=True)
-    write_pytorch(folder, demo_weights(config, seed=0))
-    write_json(folder / "config.json", config.to_hf_dict())
-    (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
-    return folder
 
 
 def timed(fn, rounds):

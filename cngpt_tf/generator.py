@@ -190,8 +190,9 @@ class Generator:
         plan = PoemPlan.build(vocab, form, num_return_sequences, acrostic, rhyme)
         prompt_ids = self.tokenizer.encode(prompt)
         if len(prompt_ids) + plan.n_new > self.config.n_ctx:
-            raise ValueError(f"prompt: {len(prompt_ids)} tokens + a {plan.n_new}-token poem exceed "
-                             f"n_positions={self.config.n_ctx}")
+            what = "form" if plan.n_new + 1 > self.config.n_ctx else "prompt"
+            raise ValueError(f"{what}: a {plan.n_new}-token poem after a prompt of {len(prompt_ids)} token(s) "
+                             f"exceeds n_positions={self.config.n_ctx}")
         ids = np.array([prompt_ids] * num_return_sequences, np.int32)
         out = self._run(sampling, ids, np.ones_like(ids), plan.n_new, 0, self.config.eos_token_id,
                         self._pad_id(None), seed, constraint=plan)

@@ -50,9 +50,11 @@ def parse_form(form) -> tuple[int, int]:
             raise ValueError(f"form: unknown form {form!r}; use one of {', '.join(FORMS)} or (chars_per_line, lines)")
         return FORMS[form]
     try:
-        chars, lines = (int(v) for v in form)
+        chars, lines = form
     except (TypeError, ValueError):
         raise ValueError(f"form: expected a name or (chars_per_line, lines), got {form!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (chars, lines)):
+        raise ValueError(f"form: chars_per_line and lines must be integers, got {form!r}")
     if not (1 <= chars <= 32 and 1 <= lines <= 32):
         raise ValueError(f"form: chars_per_line and lines must be in 1..32, got {form!r}")
     return chars, lines
@@ -143,6 +145,10 @@ class PoemPlan:
                     raise ValueError(f"rhyme: character {rhyme!r} is in no rhyme group")
             else:
                 raise ValueError(f"rhyme: expected None, 'auto', a group name or one character, got {rhyme!r}")
+            if not vocab.table[FIRST_GROUP_ROW + group].any():
+                raise ValueError(f"rhyme: group {vocab.group_names[group]!r} has no character in the vocab")
+        elif rhyme == "auto" and not vocab.table[ANY_GROUP_ROW].any():
+            raise ValueError("rhyme: no character of the vocab is in any rhyme group of the table")
         acrostic_row = np.array([acrostic_ids or [-1] * lines], np.int32)
         schedule, forced = build_schedule(np.array([chars]), np.array([lines]), acrostic_row,
                                           np.array([rhyme is not None]), lines * (chars + 1) + 1)
@@ -165,7 +171,7 @@ def build_schedule(chars, lines, acrostic_ids, rhyme, n_steps):
     schedule = tf.fill(tf.shape(line), CJK_ROW)
     punctuation = tf.where(line % 2 == 0, COMMA_ROW, PERIOD_ROW)
     schedule = tf.where(pos == chars, punctuation, schedule)
-    rhymes = rhyme[:, None] & (line % 2 == 1) & (pos == chars - 1) & (chars > 1)
+    rhymes = rhyme[:, None] & (line % 2 == 1) & (pos == chars - 1)  # an acrostic (below) wins at pos 0
     schedule = tf.where(rhymes, RHYME, schedule)
     acrostic = tf.gather(acrostic_ids, tf.minimum(line, tf.shape(acrostic_ids)[1] - 1), batch_dims=1)  # [B, N]
     force = (pos == 0) & (acrostic >= 0)
