@@ -20,13 +20,16 @@ setup(
         "h5py",
         "safetensors",
         "tqdm",
+        # tf.summary's writers, which Keras' TensorBoard callback (cngpt_tf.finetune) needs: TF 2.21
+        # no longer pulls it in.
+        "tensorboard==2.21.*",
         # PredictionLog protos for the SavedModel's TF Serving warmup records, and the gRPC client.
         "tensorflow-serving-api==2.21.*",
     ],
     extras_require={
         # torch is pinned: on these machines 2.13.0 is the CPU wheel on disk; an unpinned torch pulls
         # a multi-GB CUDA build. It is a test dependency only: converting never imports it.
-        "dev": ["pytest", "hypothesis", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
+        "dev": ["pytest", "hypothesis", "torch==2.13.0", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
     },
     entry_points={

@@ -43,7 +43,7 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from cngpt_tf.pipeline import pipeline
+    from cngpt_tf import pipeline
     from converters.pt2tf import convert
     from converters.saved_model import GenerationSettings
 

@@ -9,7 +9,7 @@ from . import _keras_env  # noqa: F401  (must run before anything imports tensor
 __version__ = "0.1.0"
 
 _LAZY = {
-    "pipeline": ("pipeline", "pipeline"),
+    "pipeline": ("text_generation", "pipeline"),
     "Generator": ("generator", "Generator"),
     "ChineseTokenizer": ("tokenizer", "ChineseTokenizer"),
     "GPT2Config": ("config", "GPT2Config"),
@@ -23,4 +23,6 @@ def __getattr__(name):
     import importlib
 
     module, attr = _LAZY[name]
-    return getattr(importlib.import_module(f".{module}", __name__), attr)
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value

@@ -63,7 +63,7 @@ def test_generation_config_asset(exported):
 
 
 def test_serving_default_equals_pipeline(loaded, generator):
-    from cngpt_tf.pipeline import pipeline
+    from cngpt_tf import pipeline
 
     expected = [r[0]["generated_text"] for r in pipeline("text-generation", generator)(PROMPTS, max_new_tokens=NEW)]
     assert texts(loaded.signatures["serving_default"](text=tf.constant(PROMPTS))) == expected

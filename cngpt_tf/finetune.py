@@ -1,0 +1,300 @@
+"""`python -m cngpt_tf.finetune`: fine-tune a converted Chinese GPT-2 with Keras, then export it.
+
+HF's `TFGPT2LMHeadModel` (Keras 2), loaded from a pt2tf OUT_DIR's `tf2/`, is trained with `model.fit`
+on a causal-LM loss over a corpus of one document a line, each encoded as the models were trained
+(`[CLS] text [SEP]`) and packed end to end into fixed blocks; the last lines are held out for
+perplexity. The weights then go back through the one name table to a PyTorch folder, which
+`converters.pt2tf` converts and verifies like any release. OUT_DIR then holds:
+
+    checkpoints/   Keras weights + optimizer state after each epoch (`--resume` continues there)
+    logs/          TensorBoard: `tensorboard --logdir OUT_DIR/logs`
+    pytorch/       pytorch_model.bin, config.json, vocab.txt (GPT2LMHeadModel.from_pretrained)
+    converted/     tf1/, tf2/, saved_model/1/, conversion_report.json (as pt2tf writes them)
+    finetune_report.json   perplexities, steps, steps/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from . import cli
+from .config import GPT2Config, with_vocab, write_json
+from .errors import CngptError, ConfigError, OutputExistsError, SourceError
+from .formats import names
+from .formats.pytorch import write_pytorch
+
+IGNORE_INDEX = -100  # label of positions the loss skips (padding), as in HF
+
+EXAMPLE = """\
+example:
+  python -m converters.pt2tf --demo demo_out/
+  python -m cngpt_tf.finetune demo_out/ corpus.txt ft_out/ --block_size 64 --max_steps 500
+  python -m cngpt_tf.finetune demo_out/ corpus.txt ft_out/ --max_steps 1000 --resume   # continue
+  # -> ft_out/converted/ is a verified pt2tf OUT_DIR: cngpt_tf.pipeline(..., model="ft_out/converted")
+"""
+
+
+class CorpusError(CngptError, ValueError):
+    """The corpus is missing, unreadable, empty, or too small for one batch."""
+
+
+class TextData(NamedTuple):
+    train: tf.data.Dataset  # (input_ids, labels), int32 [batch, block]; shuffled, full batches only
+    held_out: tf.data.Dataset  # the same, in order; padded positions labelled IGNORE_INDEX
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    perplexity_before: float
+    perplexity_after: float
+    first_step: int  # the optimizer step this run started at (> 0 when resumed)
+    last_step: int
+    steps_per_second: float
+    losses: list[float]  # this run's loss per step
+    out_dir: Path
+    report: dict | None  # conversion_report.json of OUT_DIR/converted
+    model: tf.keras.Model = dataclasses.field(repr=False)
+
+
+def text_dataset(corpus_path, tokenizer, block_size: int, batch_size: int, shuffle_seed: int = 0,
+                 held_out_fraction: float = 0.05) -> TextData:
+    """Encode `corpus_path` (one document a line) and pack it into blocks; hold out the last lines."""
+    try:
+        lines = [line.strip() for line in Path(corpus_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise CorpusError(f"{corpus_path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorpusError(f"{corpus_path}: not a readable UTF-8 text file ({e})") from None
+    if len(lines) < 2:
+        raise CorpusError(f"{corpus_path}: {'the corpus is empty' if not lines else 'one line'}; need at least 2 "
+                          f"non-blank lines (training + held-out)")
+    n_held = min(max(1, round(held_out_fraction * len(lines))), len(lines) - 1)
+    # One stream of ids, [CLS] doc [SEP] [CLS] doc [SEP] ...: a block may span documents, as in training.
+    ids = [np.array(tokenizer.encode(line, add_cls=True, add_sep=True), np.int32) for line in lines]
+    train_x, train_y = _pack(np.concatenate(ids[:-n_held]), block_size)
+    held_x, held_y = _pack(np.concatenate(ids[-n_held:]), block_size, pad_id=tokenizer.pad_token_id)
+    if len(train_x) < batch_size:
+        raise CorpusError(f"{corpus_path}: only {len(train_x)} training block(s) of {block_size} tokens; "
+                          f"need at least batch_size={batch_size}")
+    train = (tf.data.Dataset.from_tensor_slices((train_x, train_y))
+             .shuffle(len(train_x), seed=shuffle_seed, reshuffle_each_iteration=True)
+             .batch(batch_size, drop_remainder=True)  # fixed shapes: one trace, even splits on replicas
+             .prefetch(tf.data.AUTOTUNE))
+    held_out = tf.data.Dataset.from_tensor_slices((held_x, held_y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return TextData(train, held_out)
+
+
+def causal_lm_loss(labels, logits):
+    """Mean next-token cross-entropy over labels that are not IGNORE_INDEX.
+
+    labels: int [batch, seq], the token after each input; logits: [batch, seq, vocab]."""
+    keep = tf.not_equal(labels, IGNORE_INDEX)
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(  # float32 even under mixed precision
+        labels=tf.where(keep, labels, 0), logits=tf.cast(logits, tf.float32))
+    keep = tf.cast(keep, tf.float32)
+    return tf.reduce_sum(nll * keep) / tf.maximum(tf.reduce_sum(keep), 1.0)
+
+
+def perplexity(model, dataset: tf.data.Dataset) -> float:
+    """exp(mean next-token NLL) of `model` (logits out) over every non-ignored label of `dataset`."""
+
+    @tf.function(reduce_retracing=True)  # the last batch may be smaller: at most one more trace
+    def nll_sum(inputs, labels):
+        out = model(inputs, training=False)
+        count = tf.reduce_sum(tf.cast(tf.not_equal(labels, IGNORE_INDEX), tf.float32))
+        return causal_lm_loss(labels, getattr(out, "logits", out)) * count, count
+
+    # Summed in float64 on the host: no drift over many batches.
+    total, count = np.sum([[float(v) for v in nll_sum(x, y)] for x, y in dataset], axis=0, dtype=np.float64)
+    return math.exp(total / count)
+
+
+def load_model(model_dir):
+    """HF `TFGPT2LMHeadModel` (Keras 2) of a pt2tf OUT_DIR or a tf2/ folder."""
+    from transformers import TFGPT2LMHeadModel
+
+    model = TFGPT2LMHeadModel.from_pretrained(str(_tf2_folder(Path(model_dir))))
+    model.config.use_cache = False  # training and scoring never reuse keys/values: do not return them
+    return model
+
+
+def export(model, config: GPT2Config, model_folder, out_dir) -> dict:
+    """Write OUT_DIR/pytorch/ from the Keras weights, then pt2tf it into OUT_DIR/converted/; return the report."""
+    from converters.pt2tf import convert
+
+    out_dir, model_folder = Path(out_dir), Path(model_folder)
+    # Keras names are "<model name>/transformer/h_._0/...:0"; the name may be suffixed (_1) per instance.
+    hf_tf = {w.name.split("/", 1)[1]: w.numpy() for w in model.weights}
+    state = names.convert(hf_tf, names.HF_TF, names.PT, config, origin="the fine-tuned Keras model")
+    pt_dir = out_dir / "pytorch"
+    pt_dir.mkdir(parents=True, exist_ok=True)
+    write_pytorch(pt_dir, state)
+    write_json(pt_dir / "config.json", config.to_hf_dict())
+    for name in ("vocab.txt", "tokenizer_config.json"):  # tokenizer_config keeps do_lower_case
+        if (model_folder / name).is_file():
+            shutil.copyfile(model_folder / name, pt_dir / name)
+    return convert(str(pt_dir), out_dir / "converted", overwrite=True, progress=False)
+
+
+def finetune(model_dir, corpus, out_dir, *, epochs: int = 1, batch_size: int = 8, block_size: int = 128,
+             learning_rate: float = 5e-4, warmup_steps: int = 100, max_steps: int | None = None,
+             weight_decay: float = 0.01, held_out_fraction: float = 0.05, resume: bool = False,
+             seed: int = 0, verbose: int = 1, export_model: bool = True) -> FinetuneResult:
+    """Fine-tune, print held-out perplexity before/after and steps/s, export (see the module docstring).
+
+    `max_steps` (optimizer steps in all, resumed ones included) overrides `epochs`, as in HF's Trainer;
+    `batch_size` is the global batch (MirroredStrategy splits it over the GPUs)."""
+    from .tokenizer import ChineseTokenizer
+
+    out_dir, folder = Path(out_dir), _tf2_folder(Path(model_dir))
+    config, _ = with_vocab(GPT2Config.from_file(folder / "config.json"), folder / "vocab.txt")
+    if block_size > config.n_ctx:
+        raise ConfigError(f"block_size={block_size} exceeds the model's n_positions={config.n_ctx}")
+    ckpt_dir = out_dir / "checkpoints"
+    latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if latest and not resume:
+        raise OutputExistsError(f"{ckpt_dir}: holds a checkpoint; pass --resume to continue it or use a new OUT_DIR")
+    data = text_dataset(corpus, ChineseTokenizer.from_pretrained(folder), block_size, batch_size, seed,
+                        held_out_fraction)
+    batches = int(data.train.cardinality())  # full batches in one pass over the training blocks
+    total = max_steps or epochs * batches
+    per_epoch = min(batches, total)  # a Keras epoch; checkpoints are written at its end
+
+    tf.keras.utils.set_random_seed(seed)  # dropout and initial shuffles repeat run to run
+    gpus = tf.config.list_physical_devices("GPU")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    policy = tf.keras.mixed_precision.global_policy()
+    # float16 compute only pays (and is only exact enough to be worth it) on GPU tensor cores.
+    tf.keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "float32")
+    try:
+        with strategy.scope():  # variables (model and optimizer) must be created under the strategy
+            model = load_model(folder)
+            # compile() wraps the optimizer in a LossScaleOptimizer when the model is mixed_float16.
+            model.compile(optimizer=_optimizer(learning_rate, warmup_steps, total, weight_decay), loss=causal_lm_loss)
+            getattr(model.optimizer, "inner_optimizer", model.optimizer).build(model.trainable_variables)
+            if latest:  # slots exist now (built above), so every optimizer value is restored at once
+                model.load_weights(latest).assert_existing_objects_matched()
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
+    first = int(model.optimizer.iterations.numpy())
+    print(f"resuming from {latest} at step {first}" if latest else f"training from {folder}")
+    before = perplexity(model, data.held_out)
+    print(f"held-out perplexity before: {before:.2f}")
+    progress = _Progress(total)
+    if first < total:  # else the checkpoint is already at max_steps: only score and export
+        callbacks = [tf.keras.callbacks.ModelCheckpoint(str(ckpt_dir / "ckpt-{epoch:04d}"), save_weights_only=True),
+                     tf.keras.callbacks.TensorBoard(str(out_dir / "logs"), update_freq=10, profile_batch=0), progress]
+        model.fit(data.train.repeat(), epochs=math.ceil(total / per_epoch), steps_per_epoch=per_epoch,
+                  initial_epoch=first // per_epoch, callbacks=callbacks, verbose=verbose)
+    last = int(model.optimizer.iterations.numpy())
+    after = perplexity(model, data.held_out)
+    print(f"held-out perplexity after: {after:.2f} ({last - first} steps, {progress.steps_per_second():.2f} steps/s)")
+    report = export(model, config, folder, out_dir) if export_model else None
+    result = FinetuneResult(before, after, first, last, progress.steps_per_second(), progress.losses, out_dir,
+                            report, model)
+    write_json(out_dir / "finetune_report.json", {k: v for k, v in vars(result).items() if isinstance(v, (int, float))})
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cngpt_tf.finetune", epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fine-tune a converted Chinese GPT-2 with Keras; export PyTorch and verified TF formats.")
+    parser.add_argument("model_dir", help="a pt2tf OUT_DIR (its tf2/ is used) or a tf2/ folder")
+    parser.add_argument("corpus", help="UTF-8 text file, one document a line")
+    parser.add_argument("out_dir", help="checkpoints/, logs/, pytorch/, converted/ are written here")
+    for flag, kind, default, text in (
+        ("--epochs", int, 1, "passes over the training blocks"),
+        ("--batch_size", int, 8, "blocks per step (over all GPUs)"),
+        ("--block_size", int, 128, "tokens per block, at most the model's n_positions"),
+        ("--learning_rate", float, 5e-4, "peak learning rate of AdamW"),
+        ("--warmup_steps", int, 100, "linear warm-up steps, then cosine decay to 0"),
+        ("--max_steps", int, None, "stop after this many optimizer steps in all (overrides --epochs)"),
+        ("--weight_decay", float, 0.01, "AdamW decoupled weight decay (not on biases and LayerNorms)"),
+        ("--held_out_fraction", float, 0.05, "fraction of lines, from the end, held out for perplexity"),
+        ("--seed", int, 0, "shuffle and dropout seed"),
+    ):
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT_DIR")
+    cli.add_common_flags(parser)
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "block_size", "learning_rate", "max_steps"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.warmup_steps < 0 or not 0 < args.held_out_fraction < 1:
+        parser.error("--warmup_steps must be >= 0 and --held_out_fraction between 0 and 1")
+    cli.setup_logging(args.verbose)
+
+    def run():
+        options = {k: v for k, v in vars(args).items() if k not in ("model_dir", "corpus", "out_dir", "quiet")}
+        options["verbose"] = 0 if args.quiet else 1  # Keras' progress bar, not our -v (logging)
+        result = finetune(args.model_dir, args.corpus, args.out_dir, **options)
+        print(f"done: {result.out_dir / 'converted'}")
+
+    return cli.run_main(run)
+
+
+def _pack(stream: np.ndarray, block_size: int, pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a token stream into (inputs, labels) [n, T]: block i is stream[i*T : i*T + T + 1], shifted by one.
+
+    Neighbours share one token, so every next-token pair of the stream is learned exactly once.
+    Without `pad_id` an incomplete tail is dropped, with it padded and labelled IGNORE_INDEX.
+    """
+    pairs = len(stream) - 1
+    n = pairs // block_size if pad_id is None else -(-pairs // block_size)  # round down / up
+    tail = max(n * block_size - pairs, 0)  # > 0 only when padding
+    labels = np.concatenate([stream, np.full(tail, IGNORE_INDEX, np.int32)])
+    stream = np.concatenate([stream, np.full(tail, pad_id or 0, np.int32)])
+    return stream[: n * block_size].reshape(n, block_size), labels[1: n * block_size + 1].reshape(n, block_size)
+
+
+def _tf2_folder(path: Path) -> Path:
+    for folder in (path, path / "tf2"):
+        if (folder / "tf_model.h5").is_file():
+            return folder
+    raise SourceError(f"{path}: no tf_model.h5 here or in tf2/ (give a pt2tf OUT_DIR or its tf2/ folder)")
+
+
+def _optimizer(learning_rate: float, warmup: int, total: int, weight_decay: float):
+    # Linear warm-up from 0 to `learning_rate`, then cosine decay to 0 at step `total`.
+    schedule = tf.keras.optimizers.schedules.CosineDecay(
+        0.0, max(total - warmup, 1), warmup_target=learning_rate, warmup_steps=warmup)
+    optimizer = tf.keras.optimizers.AdamW(schedule, weight_decay=weight_decay, beta_2=0.98, epsilon=1e-6,
+                                          global_clipnorm=1.0)  # one bad batch cannot blow the weights up
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])  # LayerNorms and biases
+    return optimizer
+
+
+class _Progress(tf.keras.callbacks.Callback):
+    """Records each step's loss and time; stops training once the optimizer has made `total` steps."""
+
+    def __init__(self, total: int):
+        super().__init__()
+        self.total, self.losses, self.times, self._mean = total, [], [], 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras reports the running mean m_k of the epoch's k = batch + 1 losses; batches are equal-sized,
+        # so this step's own loss is k * m_k - (k - 1) * m_(k-1).
+        mean = float(logs["loss"])
+        self.losses.append((batch + 1) * mean - batch * (self._mean if batch else 0.0))
+        self._mean = mean
+        self.times.append(time.perf_counter())
+        if int(self.model.optimizer.iterations.numpy()) >= self.total:
+            self.model.stop_training = True
+
+    def steps_per_second(self) -> float:  # from the first step's end: that step includes tracing the graph
+        return (len(self.times) - 1) / (self.times[-1] - self.times[0]) if len(self.times) > 1 else 0.0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
