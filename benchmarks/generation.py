@@ -13,8 +13,10 @@ run and, separately, the first call (tracing + XLA compile + one run).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -66,6 +68,7 @@ def build_contenders(config, weights, skip):
         from cngpt_tf.formats.hf_tf2 import write_tf2
 
         folder = tempfile.mkdtemp(prefix="bench_tf2_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # 400 MB of weights
         vocab = os.path.join(folder, "vocab_source.txt")
         with open(vocab, "w", encoding="utf-8") as f:
             f.write("".join(f"[tok{i}]\n" for i in range(config.n_vocab)))

@@ -22,6 +22,7 @@ server needs `--xla_cpu_compilation_enabled=true` (see README).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import tempfile
 from pathlib import Path
@@ -223,3 +224,5 @@ def export_saved_model(folder: str | Path, pt_tensors, config: GPT2Config, vocab
         from .warmup import write_warmup_requests
 
         write_warmup_requests(Path(folder), config, list(signatures))
+    del module, signatures
+    gc.collect()  # the module's variables sit in reference cycles (tf.function caches): free them now

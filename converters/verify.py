@@ -9,6 +9,7 @@ HF's own `TFGPT2LMHeadModel` (an independent implementation), `saved_model/` thr
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def fixed_batch(config: GPT2Config, seq_len: int = 16) -> tuple[np.ndarray, np.n
 
 
 def reference_logits(pt_tensors, config: GPT2Config, ids, mask) -> np.ndarray:
-    params = {k: tf.constant(v) for k, v in model.params_from_pt(pt_tensors, config).items()}
-    return model.logits(params, config, ids, mask).numpy()
+    # NumPy params go straight into the eager ops: no second, long-lived copy of the weights as
+    # tf.constant (this keeps the 12-layer conversion's peak memory down).
+    return model.logits(model.params_from_pt(pt_tensors, config), config, ids, mask).numpy()
 
 
 def compare(fmt: str, reference: np.ndarray, logits: np.ndarray, mask: np.ndarray, **extra) -> FormatResult:
@@ -79,6 +81,7 @@ def verify_tf2(folder: Path, pt_tensors, reference, ids, mask) -> FormatResult:
         hf_logging.set_verbosity_error()
     _, reloaded = read_tf2(folder)
     equal = all(np.array_equal(reloaded[k], pt_tensors[k]) for k in pt_tensors)
+    del reloaded  # before HF loads its own copy
     hf, info = TFGPT2LMHeadModel.from_pretrained(str(folder), output_loading_info=True)
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"}
     if problems or info.get("error_msgs"):
@@ -100,6 +103,7 @@ def verify_all(written: dict[str, Path], pt_tensors, config: GPT2Config) -> list
     reference = reference_logits(pt_tensors, config, ids, mask)
     results = []
     for fmt, folder in written.items():
+        gc.collect()  # the previous format's reloaded weights: one copy alive at a time
         if fmt == "saved_model":
             results.append(verify_saved_model(folder, reference, ids, mask))
         else:
