@@ -32,7 +32,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.full_size import bench_vocab, make_model  # noqa: E402
+from benchmarks.full_size import SHARED_VOCAB, bench_vocab, make_model  # noqa: E402
 
 FORM, ACROSTIC, RHYME, TOP_K = "七言绝句", "春夏秋冬", "auto", 8
 NEW_TOKENS = 4 * (7 + 1) + 1  # 33
