@@ -176,7 +176,7 @@ def test_top_k_1_sampling_equals_greedy(gen):
 
 
 def test_prompt_lengths_in_one_bucket_do_not_retrace(gen):
-    key = SamplingConfig().trace_key
+    key = (SamplingConfig().trace_key, False)  # (sampling strategy, poem constraint or not)
     gen.generate_ids([[CLS, 5, 6]], max_new_tokens=NEW)
     fn = gen._compiled[key]
     before = fn.experimental_get_tracing_count()

@@ -140,7 +140,7 @@ def test_out_dir_layout(converted, tiny_pt_dir):
     sm = converted / "saved_model" / "1"
     assert (sm / "saved_model.pb").is_file()
     assert (sm / "variables").is_dir() and any((sm / "variables").iterdir())
-    assert [p.name for p in (sm / "assets").iterdir()] == ["vocab.txt"]
+    assert {p.name for p in (sm / "assets").iterdir()} == {"vocab.txt", "generation_config.json"}
     vocab = (tiny_pt_dir / "vocab.txt").read_bytes()
     for copy in (converted / "tf1" / "vocab.txt", converted / "tf2" / "vocab.txt", sm / "assets" / "vocab.txt"):
         assert copy.read_bytes() == vocab
