@@ -15,6 +15,15 @@ from .errors import CngptError
 INTERRUPTED = 130  # the shell's code for Ctrl-C
 
 
+def make_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """An argparse parser whose --help ends with a worked example, kept as written, and has the
+    common flags (--verbose, --quiet)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=example,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(parser)
+    return parser
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG lines")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

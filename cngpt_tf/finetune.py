@@ -15,7 +15,6 @@ perplexity. The weights then go back through the one name table to a PyTorch fol
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import shutil
@@ -207,9 +206,9 @@ def finetune(model_dir, corpus, out_dir, *, epochs: int = 1, batch_size: int = 8
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cngpt_tf.finetune", epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fine-tune a converted Chinese GPT-2 with Keras; export PyTorch and verified TF formats.")
+    parser = cli.make_parser(
+        "python -m cngpt_tf.finetune",
+        "Fine-tune a converted Chinese GPT-2 with Keras; export PyTorch and verified TF formats.", EXAMPLE)
     parser.add_argument("model_dir", help="a pt2tf OUT_DIR (its tf2/ is used) or a tf2/ folder")
     parser.add_argument("corpus", help="UTF-8 text file, one document a line")
     parser.add_argument("out_dir", help="checkpoints/, logs/, pytorch/, converted/ are written here")
@@ -226,7 +225,6 @@ def main(argv=None) -> int:
     ):
         parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT_DIR")
-    cli.add_common_flags(parser)
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "block_size", "learning_rate", "max_steps"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:

@@ -5,7 +5,6 @@ Prints one generated text per line (several per prompt with --num_return_sequenc
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -23,12 +22,9 @@ example:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cngpt_tf.generate",
-        description="Generate text with a Chinese GPT-2 converted by pt2tf (XLA-compiled, KV cache).",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.make_parser(
+        "python -m cngpt_tf.generate",
+        "Generate text with a Chinese GPT-2 converted by pt2tf (XLA-compiled, KV cache).", EXAMPLE)
     parser.add_argument("model", help="pt2tf OUT_DIR, or its tf2/ or tf1/ folder")
     parser.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch)")
     length = parser.add_mutually_exclusive_group()
@@ -45,7 +41,6 @@ def main(argv=None) -> int:
     poem.add_argument("--form", help="五言绝句, 七言绝句, 五言律诗, 七言律诗, or CHARS,LINES (e.g. 5,4)")
     poem.add_argument("--acrostic", help="藏头诗: one character per line")
     poem.add_argument("--rhyme", help="'auto' (even lines rhyme with line 2), a rhyme group, or a character")
-    cli.add_common_flags(parser)
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
 

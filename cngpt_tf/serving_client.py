@@ -7,7 +7,6 @@ the PredictionService of tensorflow-serving-api instead. Both call the SavedMode
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import urllib.error
@@ -61,19 +60,15 @@ def predict_grpc(texts: list[str], target: str = "localhost:8500", model: str = 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cngpt_tf.serving_client",
-        description="Send prompts to a TF Serving model exported by pt2tf and print the generated text.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.make_parser(
+        "python -m cngpt_tf.serving_client",
+        "Send prompts to a TF Serving model exported by pt2tf and print the generated text.", EXAMPLE)
     parser.add_argument("prompts", nargs="+")
     parser.add_argument("--url", default="http://localhost:8501", help="REST endpoint (default %(default)s)")
     parser.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at HOST:PORT instead of REST")
     parser.add_argument("--model", default="cngpt", help="MODEL_NAME of the server (default %(default)s)")
     parser.add_argument("--signature", default="serving_default")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds (default %(default)s)")
-    cli.add_common_flags(parser)
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
 

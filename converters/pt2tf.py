@@ -6,7 +6,6 @@ format has been reloaded and its logits checked, so a failure or Ctrl-C leaves n
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -124,13 +123,10 @@ def _write(fmt: str, work: Path, tensors, config: GPT2Config, files, generation,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m converters.pt2tf",
-        description="Convert a PyTorch Chinese GPT-2 (folder, .zip, URL or hub id) to TF1, HF TF2 and "
-        "SavedModel formats, and verify the logits of each against the source weights.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.make_parser(
+        "python -m converters.pt2tf",
+        "Convert a PyTorch Chinese GPT-2 (folder, .zip, URL or hub id) to TF1, HF TF2 and SavedModel "
+        "formats, and verify the logits of each against the source weights.", EXAMPLE)
     parser.add_argument("src", nargs="?", help="model folder, .zip, http(s):// URL of a zip, or hub model id")
     parser.add_argument("out_dir", nargs="?", help="output folder (must be empty or absent unless --overwrite)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of %(default)s")
@@ -148,7 +144,6 @@ def main(argv=None) -> int:
     serving.add_argument("--top_p", type=float, default=1.0)
     serving.add_argument("--temperature", type=float, default=1.0)
     serving.add_argument("--repetition_penalty", type=float, default=1.0)
-    cli.add_common_flags(parser)
     args = parser.parse_args(argv)
     paths = [p for p in (args.src, args.out_dir) if p is not None]
     if len(paths) != (1 if args.demo else 2):

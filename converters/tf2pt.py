@@ -7,7 +7,6 @@ leaves GPT-2's weights empty in 4.57). Writes `pytorch_model.bin` (or `model.saf
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -53,17 +52,13 @@ def convert_back(src: str | Path, out_dir: str | Path, *, safetensors: bool = Fa
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m converters.tf2pt",
-        description="Convert a tf1/ (openai/gpt-2 checkpoint) or tf2/ (HF TF) folder back to PyTorch.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.make_parser(
+        "python -m converters.tf2pt",
+        "Convert a tf1/ (openai/gpt-2 checkpoint) or tf2/ (HF TF) folder back to PyTorch.", EXAMPLE)
     parser.add_argument("src", help="a tf1/ or tf2/ folder written by pt2tf (or any such model folder)")
     parser.add_argument("out_dir", help="output folder (must be empty or absent unless --overwrite)")
     parser.add_argument("--safetensors", action="store_true", help="write model.safetensors, not pytorch_model.bin")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT_DIR")
-    cli.add_common_flags(parser)
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
 
