@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports tensorflow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub (none is reachable here)
 
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
