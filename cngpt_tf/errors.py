@@ -44,6 +44,10 @@ class OutputExistsError(CngptError, FileExistsError):
     """The output folder exists and is not empty, and overwriting was not asked for."""
 
 
+class CorpusError(CngptError, ValueError):
+    """A fine-tuning corpus is missing, unreadable, empty, or too small for one batch."""
+
+
 class VerificationError(CngptError, ValueError):
     """A converted format's logits differ from the source's by more than the tolerance."""
 

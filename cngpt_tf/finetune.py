@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from . import cli
 from .config import GPT2Config, with_vocab, write_json
-from .errors import CngptError, ConfigError, OutputExistsError, SourceError
+from .errors import ConfigError, CorpusError, OutputExistsError, SourceError
 from .formats import names
 from .formats.pytorch import write_pytorch
 
@@ -41,10 +41,6 @@ example:
   python -m cngpt_tf.finetune demo_out/ corpus.txt ft_out/ --max_steps 1000 --resume   # continue
   # -> ft_out/converted/ is a verified pt2tf OUT_DIR: cngpt_tf.pipeline(..., model="ft_out/converted")
 """
-
-
-class CorpusError(CngptError, ValueError):
-    """The corpus is missing, unreadable, empty, or too small for one batch."""
 
 
 class TextData(NamedTuple):
@@ -69,11 +65,14 @@ def text_dataset(corpus_path, tokenizer, block_size: int, batch_size: int, shuff
                  held_out_fraction: float = 0.05) -> TextData:
     """Encode `corpus_path` (one document a line) and pack it into blocks; hold out the last lines."""
     try:
-        lines = [line.strip() for line in Path(corpus_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = Path(corpus_path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CorpusError(f"{corpus_path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise CorpusError(f"{corpus_path}: not a readable UTF-8 text file ({e})") from None
+    # One document per "\n"-terminated line. Not str.splitlines(): it also breaks at U+2028, U+0085
+    # and other separators that can sit inside a document of Chinese web text.
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
     if len(lines) < 2:
         raise CorpusError(f"{corpus_path}: {'the corpus is empty' if not lines else 'one line'}; need at least 2 "
                           f"non-blank lines (training + held-out)")
