@@ -15,6 +15,32 @@ from .model import positions_from_mask
 from .sampling import Sampler, suppress
 
 
+BUCKET = 16  # prompt lengths and new-token buffers are padded up to multiples of this
+
+
+def round_up(n):
+    """n rounded up to a multiple of BUCKET (a Python int or a scalar tensor)."""
+    return (n + BUCKET - 1) // BUCKET * BUCKET
+
+
+def generate_bucketed(decoder, input_ids, attention_mask, max_new, *, min_new, eos, pad, seed, temperature,
+                      top_p, penalty, constraint=()):
+    """Run a `compile_decoder` decoder on left-padded [B, P] prompts; return [B, P + new] (TF ops).
+
+    The prompt gets extra left padding and the new-token buffer is rounded up (both to BUCKET), so
+    that few distinct shapes reach the XLA compiler. `constraint` inputs must be sized for
+    round_up(max_new) steps. Used by the Python Generator (eagerly) and the SavedModel (in-graph).
+    """
+    extra = round_up(tf.shape(input_ids)[1]) - tf.shape(input_ids)[1]
+    ids = tf.pad(input_ids, [[0, 0], [extra, 0]], constant_values=pad)
+    mask = tf.pad(attention_mask, [[0, 0], [extra, 0]])
+    buffer = tf.fill([tf.shape(ids)[0], round_up(max_new)], tf.cast(pad, tf.int32))
+    scalars = [tf.cast(v, tf.int32) for v in (max_new, min_new, eos, pad, seed)]
+    scalars += [tf.cast(v, tf.float32) for v in (temperature, top_p, penalty)]
+    tokens, steps = decoder(ids, mask, buffer, *scalars, *constraint)
+    return tf.concat([input_ids, tokens[:, :steps]], axis=1)
+
+
 def compile_decoder(params, config, sampler: Sampler, make_constraint=None):
     """The GPT-2 decode loop over `params` as one XLA computation.
 

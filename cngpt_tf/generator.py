@@ -20,14 +20,12 @@ import tensorflow as tf
 
 from . import model
 from .config import GPT2Config, with_vocab
-from .decoding import compile_decoder
+from .decoding import BUCKET, compile_decoder, generate_bucketed, round_up
 from .errors import SourceError
 from .poetry import PoemConstraint
 from .sampling import SamplingConfig, make_sampler
 
 log = logging.getLogger(__name__)
-
-BUCKET = 16
 
 
 class Generator:
@@ -104,21 +102,14 @@ class Generator:
                          self._pad_id(pad_token_id), seed)
 
     def _run(self, sampling, ids, mask, max_new, min_new, eos, pad, seed, constraint=None):
-        """Bucket the shapes, run the compiled decoder, return prompt + new tokens (numpy)."""
+        """Run the compiled decoder (shapes bucketed); return prompt + new tokens (numpy)."""
         seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else seed
-        # Extra left padding, and a new-token buffer rounded up, so that shapes repeat.
-        extra = _round_up(ids.shape[1], BUCKET) - ids.shape[1]
-        padded_ids = np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad)
-        padded_mask = np.pad(mask, ((0, 0), (extra, 0)))
-        buffer = np.full((ids.shape[0], _round_up(max_new, BUCKET)), pad, np.int32)
-        fn = self._compiled_decode(sampling, constraint is not None)
-        scalars = [(max_new, tf.int32), (min_new, tf.int32), (eos, tf.int32), (pad, tf.int32), (seed, tf.int32),
-                   (sampling.temperature, tf.float32), (sampling.top_p, tf.float32),
-                   (sampling.repetition_penalty, tf.float32)]
-        extra_inputs = constraint.inputs(buffer.shape[1]) if constraint is not None else ()
-        tokens, steps = fn(tf.constant(padded_ids), tf.constant(padded_mask), tf.constant(buffer),
-                           *(tf.constant(v, t) for v, t in scalars), *extra_inputs)
-        return np.concatenate([ids, tokens.numpy()[:, : int(steps)]], axis=1)
+        out = generate_bucketed(
+            self._compiled_decode(sampling, constraint is not None), tf.constant(ids, tf.int32),
+            tf.constant(mask, tf.int32), max_new, min_new=min_new, eos=eos, pad=pad, seed=seed,
+            temperature=sampling.temperature, top_p=sampling.top_p, penalty=sampling.repetition_penalty,
+            constraint=constraint.inputs(round_up(max_new)) if constraint is not None else ())
+        return out.numpy()
 
     def _compiled_decode(self, sampling: SamplingConfig, constrained: bool = False):
         """One compiled decoder per sampling strategy (and poem or not); TF retraces it per bucket."""
@@ -262,7 +253,3 @@ def _new_token_budget(ids, mask, max_new_tokens, max_length, n_ctx) -> int:
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple

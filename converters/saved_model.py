@@ -31,12 +31,11 @@ import tensorflow as tf
 
 from cngpt_tf import model
 from cngpt_tf.config import GPT2Config
-from cngpt_tf.decoding import compile_decoder
+from cngpt_tf.decoding import compile_decoder, generate_bucketed, round_up
 from cngpt_tf.poetry import FORMS, PoemConstraint, PoemVocab, build_schedule
 from cngpt_tf.sampling import SamplingConfig, make_sampler
 from cngpt_tf.vocab import read_vocab
 
-BUCKET = 16  # prompt lengths are padded up to a multiple of this, as in the Python generator
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32, name="input_ids")
 MASK_SPEC = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
@@ -119,7 +118,7 @@ class GenerationModule(GPT2Module):
         p = self._poems
         chars, lines, acrostic_ids, rhymes = p.parse(form, acrostic, rhyme)
         n_new = tf.reduce_max(lines * (chars + 1) + 1)
-        schedule, forced = build_schedule(chars, lines, acrostic_ids, rhymes, _round_up(n_new))
+        schedule, forced = build_schedule(chars, lines, acrostic_ids, rhymes, round_up(n_new))
         input_ids, attention_mask = self.text.encode(text, self.config.n_ctx - n_new)
         first = tf.cond(tf.size(seed) > 0, lambda: seed[0], lambda: tf.constant(0, tf.int64))
         constraint = (p.table, schedule, forced, p.char_group, tf.fill(tf.shape(chars), -1))
@@ -135,23 +134,16 @@ class GenerationModule(GPT2Module):
         return self.text.decode(sequences, self.config.eos_token_id)
 
     def _generate(self, input_ids, attention_mask, seed, max_new=None, decode=None, constraint=()):
-        """Left-padded [B, P] prompts -> [B, P + new]; P and the new-token buffer are padded up to
-        buckets, as in the Python generator, so that few shapes reach the XLA compiler."""
+        """Left-padded [B, P] prompts -> [B, P + new], with the export's generation settings."""
         c, g = self.config, self.generation
         max_new = tf.constant(g.max_new_tokens) if max_new is None else max_new
-        pad = c.pad_token_id or 0
         tf.debugging.assert_less_equal(
             tf.reduce_max(tf.reduce_sum(attention_mask, axis=1)) + max_new, c.n_ctx,
             message=f"prompt + new tokens exceed n_positions ({c.n_ctx})")
-        extra = _round_up(tf.shape(input_ids)[1]) - tf.shape(input_ids)[1]
-        ids = tf.pad(input_ids, [[0, 0], [extra, 0]], constant_values=pad)
-        mask = tf.pad(attention_mask, [[0, 0], [extra, 0]])
-        buffer = tf.fill([tf.shape(ids)[0], _round_up(max_new)], pad)
-        tokens, steps = (decode or self._decode)(
-            ids, mask, buffer, max_new, tf.constant(0), tf.constant(c.eos_token_id),
-            tf.constant(pad), tf.cast(seed, tf.int32), tf.constant(g.temperature, tf.float32),
-            tf.constant(g.top_p, tf.float32), tf.constant(g.repetition_penalty, tf.float32), *constraint)
-        return tf.concat([input_ids, tokens[:, :steps]], axis=1)
+        return generate_bucketed(
+            decode or self._decode, input_ids, attention_mask, max_new, min_new=0, eos=c.eos_token_id,
+            pad=c.pad_token_id or 0, seed=seed, temperature=g.temperature, top_p=g.top_p,
+            penalty=g.repetition_penalty, constraint=constraint)
 
 
 class _PoemTables(tf.Module):
@@ -192,10 +184,6 @@ class _PoemTables(tf.Module):
         ids = tf.where(tf.equal(count, 0)[:, None], -1, ids)
         ids = tf.pad(ids, [[0, 0], [0, 1]], constant_values=-1)  # at least one column
         return chars, lines, ids, tf.equal(rhyme, "auto")
-
-
-def _round_up(n):
-    return (n + BUCKET - 1) // BUCKET * BUCKET
 
 
 def export_saved_model(folder: str | Path, pt_tensors, config: GPT2Config, vocab: str | Path,
