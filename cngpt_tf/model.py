@@ -47,12 +47,19 @@ def pack_params(tf1: dict) -> dict:
 
 
 def past_shape(config: GPT2Config, batch_size, cache_len) -> list:
-    """The KV cache of ONE layer: [2 (k, v), B, H, S, D]. The whole cache is a tuple of n_layer."""
-    return [2, batch_size, config.n_head, cache_len, config.head_dim]
+    """The keys (or the values) of ONE layer: [B * H, S, D]; row b * H + h is head h of sequence b.
+
+    The whole cache is a tuple of n_layer (keys, values) pairs. Two layouts that look simpler make
+    XLA copy the cache every token: one stacked [2, B, H, S, D] tensor (a slice is copied out before
+    each attention matmul, ~10% of a batch-8 step), and [B, H, S, D] at B = 1 (the in-place update
+    goes through a bitcast that drops the unit batch axis, and XLA then copies all of it each step).
+    """
+    return [batch_size * config.n_head, cache_len, config.head_dim]
 
 
 def empty_cache(config: GPT2Config, batch_size, cache_len, dtype=tf.float32) -> tuple:
-    return tuple(tf.zeros(past_shape(config, batch_size, cache_len), dtype) for _ in range(config.n_layer))
+    shape = past_shape(config, batch_size, cache_len)
+    return tuple((tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(config.n_layer))
 
 
 def positions_from_mask(attention_mask):
@@ -79,7 +86,7 @@ def logits(params, config: GPT2Config, input_ids, attention_mask):
 def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index, key_mask):
     """Run T new tokens through every block, writing their K/V into the cache at `cache_index`.
 
-    input_ids, positions: [B, T] int32; cache: tuple of n_layer [2, B, H, S, D], or None to attend
+    input_ids, positions: [B, T] int32; cache: n_layer (keys, values) pairs of `past_shape`, or None to attend
     over the T tokens alone (then S = T, cache_index = 0); cache_index: scalar, the slot of the first
     new token; key_mask: [B, S] 1 where a slot holds a real token.
     Returns (hidden [B, T, E] after ln_f, the cache with this call's K/V written in).
@@ -87,7 +94,7 @@ def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index
     """
     wte, wpe = params["model/wte"], params["model/wpe"]
     x = tf.gather(wte, input_ids) + tf.gather(wpe, positions)  # [B, T, E]
-    bias = _attention_bias(tf.shape(input_ids)[1], key_mask, cache_index, x.dtype)  # [B, 1, T, S]
+    bias = _attention_bias(shape_of(input_ids)[1], key_mask, cache_index, x.dtype)  # [B, 1, T, S]
     new_cache = []
     for i in range(config.n_layer):
         layer_cache = None if cache is None else cache[i]
@@ -99,9 +106,7 @@ def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index
 
 def lm_head(params, hidden):
     """[..., E] -> [..., V] float32 logits, with the output embedding tied to `wte`."""
-    wte = params["model/wte"]
-    out = tf.tensordot(hidden, wte, axes=[[hidden.shape.rank - 1], [1]])
-    return tf.cast(out, tf.float32)
+    return tf.cast(_dot_transposed(hidden, params["model/wte"]), tf.float32)
 
 
 def block(params, scope, config, x, layer_cache, cache_index, bias):
@@ -117,20 +122,20 @@ def block(params, scope, config, x, layer_cache, cache_index, bias):
 
 
 def attention(params, scope, config, x, layer_cache, cache_index, bias):
-    """Causal self-attention over the cache. x [B, T, E]; layer_cache [2, B, H, S, D]."""
+    """Causal self-attention over the cache. x [B, T, E]; layer_cache (keys, values), each [B * H, S, D]."""
     qkv = conv1d(x, params[f"{scope}/c_attn/wb"])  # [B, T, 3E]
-    q, k, v = (split_heads(t, config.n_head) for t in tf.split(qkv, 3, axis=-1))  # [B, H, T, D] each
+    q, k, v = (split_heads(t, config.n_head) for t in tf.split(qkv, 3, axis=-1))  # [B * H, T, D] each
     if layer_cache is None:  # no cache: attend over this call's tokens only (cache_index must be 0)
-        layer_cache = tf.stack([k, v])
-    else:  # write this call's K/V at cache_index; under XLA an in-place update of the buffer
-        zero = tf.zeros([], tf.int32)
-        start = tf.stack([zero, zero, zero, tf.cast(cache_index, tf.int32), zero])
-        layer_cache = dynamic_update_slice(layer_cache, tf.stack([k, v]), start)
-    keys, values = layer_cache[0], layer_cache[1]  # [B, H, S, D]
-    scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(config.head_dim)) + bias  # [B, H, T, S]
-    weights = tf.nn.softmax(scores, axis=-1)
-    out = merge_heads(tf.matmul(weights, values))  # [B, T, E]
-    return conv1d(out, params[f"{scope}/c_proj/wb"]), layer_cache
+        keys, values = k, v
+    else:  # write this call's K/V at cache_index; under XLA an in-place update of the buffers
+        start = tf.stack([0, tf.cast(cache_index, tf.int32), 0])
+        keys, values = (dynamic_update_slice(old, new, start) for old, new in zip(layer_cache, (k, v)))
+    scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(config.head_dim))  # [B * H, T, S]
+    _, length, slots = shape_of(scores)
+    scores = tf.reshape(scores, [-1, config.n_head, length, slots]) + bias  # [B, H, T, S]
+    weights = tf.reshape(tf.nn.softmax(scores, axis=-1), [-1, length, slots])  # [B * H, T, S]
+    out = merge_heads(tf.matmul(weights, values), config.n_head)  # [B, T, E]
+    return conv1d(out, params[f"{scope}/c_proj/wb"]), (keys, values)
 
 
 def mlp(params, scope, x):
@@ -140,8 +145,20 @@ def mlp(params, scope, x):
 
 def conv1d(x, wb):
     """GPT-2's Conv1D (a dense layer): x [..., nx] @ w + b, as [x, 1] @ wb.T with wb [nf, nx + 1]."""
-    x = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)
-    return tf.tensordot(x, wb, axes=[[x.shape.rank - 1], [1]])
+    ones = [[0, 0]] * (x.shape.rank - 1) + [[0, 1]]
+    return _dot_transposed(tf.pad(x, ones, constant_values=1.0), wb)  # [x, 1] @ wb.T
+
+
+def _dot_transposed(x, w):
+    """x [..., K] @ w.T for w [N, K] -> [..., N].
+
+    A 2-D matmul with transpose_b, not tf.tensordot: tensordot transposes w first, and XLA then
+    fuses a copy into each matrix-vector product, ~6% slower at batch 1.
+    """
+    if x.shape.rank == 2:
+        return tf.matmul(x, w, transpose_b=True)
+    out = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w, transpose_b=True)  # [prod(...), N]
+    return tf.reshape(out, shape_of(x)[:-1] + [w.shape[0]])
 
 
 def layer_norm(x, g, b, epsilon):
@@ -155,22 +172,37 @@ def gelu(x):
 
 
 def split_heads(x, n_head):
-    """[B, T, E] -> [B, H, T, D]."""
-    batch, length = tf.shape(x)[0], tf.shape(x)[1]
-    x = tf.reshape(x, [batch, length, n_head, x.shape[-1] // n_head])
-    return tf.transpose(x, [0, 2, 1, 3])
+    """[B, T, E] -> [B * H, T, D]."""
+    _, length, width = shape_of(x)
+    x = tf.transpose(tf.reshape(x, [-1, length, n_head, width // n_head]), [0, 2, 1, 3])  # [B, H, T, D]
+    return tf.reshape(x, [-1, length, width // n_head])
 
 
-def merge_heads(x):
-    """[B, H, T, D] -> [B, T, E]."""
-    batch, length = tf.shape(x)[0], tf.shape(x)[2]
-    x = tf.transpose(x, [0, 2, 1, 3])
-    return tf.reshape(x, [batch, length, x.shape[-2] * x.shape[-1]])
+def merge_heads(x, n_head):
+    """[B * H, T, D] -> [B, T, E]."""
+    _, length, head_dim = shape_of(x)
+    x = tf.transpose(tf.reshape(x, [-1, n_head, length, head_dim]), [0, 2, 1, 3])  # [B, T, H, D]
+    return tf.reshape(x, [-1, length, n_head * head_dim])
+
+
+def shape_of(x) -> list:
+    """x's dimensions: Python ints where tracing knows them, scalar tensors elsewhere.
+
+    Static sizes keep the traced graph small (tracing is part of the first call's latency).
+    """
+    dynamic = None
+    dims = []
+    for i, size in enumerate(tf.TensorShape(x.shape).as_list()):  # x may be a numpy array
+        if size is None:
+            dynamic = tf.shape(x) if dynamic is None else dynamic
+            size = dynamic[i]
+        dims.append(size)
+    return dims
 
 
 def _attention_bias(n_new, key_mask, cache_index, dtype):
     """[B, 1, T, S]: 0 where query t (slot cache_index + t) may see key slot s, NEG_INF elsewhere."""
-    n_slots = tf.shape(key_mask)[1]
+    n_slots = shape_of(key_mask)[1]
     query_slot = tf.cast(cache_index, tf.int32) + tf.range(n_new)[:, None]  # [T, 1]
     causal = tf.range(n_slots)[None, :] <= query_slot  # [T, S]
     allowed = tf.logical_and(causal[None, None], tf.cast(key_mask, tf.bool)[:, None, None, :])
