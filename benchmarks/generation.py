@@ -8,6 +8,11 @@ run and, separately, the first call (tracing + XLA compile + one run).
 
     python benchmarks/generation.py                 # batch 1 and 8, 5 rounds (~6 min on 2 cores)
     python benchmarks/generation.py --batch 1 8 32 --rounds 3 --skip tf_eager
+
+The row "floor: weight matmuls only" is not a generator: it runs, in one XLA loop of 63 steps, only
+the 49 matrix products a decode step must do (the same weights and layout as ours, nothing else:
+no attention, no prefill, no sampling). It is what XLA on this machine allows any generator, and
+it is measured in the same run so that a reader can see how close the contenders come to it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def build_contenders(config, weights, skip):
         gen = Generator(weights, config)
         contenders["cngpt_tf (XLA)"] = lambda ids: gen.generate_ids(
             ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+        if "floor" not in skip:
+            contenders[FLOOR] = matmul_floor(gen.params)
     if "torch" not in skip:
         import torch
         from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
@@ -81,6 +88,37 @@ def build_contenders(config, weights, skip):
             xla_generate = tf.function(hf_tf.generate, jit_compile=True)
             contenders["HF TF generate (XLA)"] = lambda ids: xla_generate(tf.constant(ids), **kwargs).numpy()
     return contenders
+
+
+FLOOR = "floor: weight matmuls only"
+
+
+def matmul_floor(params):
+    """run(ids) doing only the decode loop's weight matrix products (see the module docstring)."""
+    import tensorflow as tf
+
+    from cngpt_tf.model import CONV1D_SCOPES
+
+    layers = sorted({name.split("/")[1] for name in params if name.startswith("model/h")}, key=lambda h: int(h[1:]))
+    mats = [params[f"model/{h}/{scope}/wb"] for h in layers for scope in CONV1D_SCOPES] + [params["model/wte"]]
+
+    @tf.function(jit_compile=True)
+    def loop(x):  # x [B, E + 1]
+        def step(i, x):
+            h = x
+            for w in mats:  # each product's input is the previous output, cut or zero-padded to fit
+                width = w.shape[1]
+                h = h[:, :width] if h.shape[1] >= width else tf.pad(h, [[0, 0], [0, width - h.shape[1]]])
+                h = tf.matmul(h, w, transpose_b=True) * 1e-3
+            return i + 1, x + h[:, : x.shape[1]]
+
+        return tf.while_loop(lambda i, x: i < NEW_TOKENS - 1, step, (0, x))[1]
+
+    def run(ids):
+        loop(tf.ones([len(ids), mats[0].shape[1]])).numpy()
+        return np.zeros((len(ids), PROMPT_LEN + NEW_TOKENS), np.int32)  # the shape every contender returns
+
+    return run
 
 
 def measure(contenders, batch, rounds, slow_rounds):
@@ -131,7 +169,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5, help="timed runs per contender (median reported)")
     parser.add_argument("--eager_rounds", type=int, default=3, help="timed runs of the slow eager HF TF path")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "torch", "tf_eager", "tf_xla"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "floor", "torch", "tf_eager", "tf_xla"])
     args = parser.parse_args(argv)
 
     import tensorflow as tf
