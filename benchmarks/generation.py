@@ -93,23 +93,44 @@ def build_contenders(config, weights, skip):
 FLOOR = "floor: weight matmuls only"
 
 
-def matmul_floor(params):
-    """run(ids) doing only the decode loop's weight matrix products (see the module docstring)."""
+def matmul_floor(params, weights: str = "float32"):
+    """run(ids) doing only the decode loop's weight matrix products (see the module docstring).
+
+    weights: "float32" (as the generator stores them), or "bfloat16" / "int8" (per-row scales) stored
+    that way and converted to float32 inside the loop, for benchmarks/weight_formats.py. The
+    conversion is scaled by a loop-dependent 1.0: XLA would otherwise hoist it out of the loop and
+    run the float32 products on a converted copy.
+    """
     import tensorflow as tf
 
     from cngpt_tf.model import CONV1D_SCOPES
 
     layers = sorted({name.split("/")[1] for name in params if name.startswith("model/h")}, key=lambda h: int(h[1:]))
     mats = [params[f"model/{h}/{scope}/wb"] for h in layers for scope in CONV1D_SCOPES] + [params["model/wte"]]
+    if weights == "float32":  # variables, as the generator holds them (XLA treats constants differently)
+        stored = [w if isinstance(w, tf.Variable) else tf.Variable(w, trainable=False) for w in mats]
+        scales = [None] * len(mats)
+    else:
+        stored, scales = [], []
+    for w in mats if weights != "float32" else ():
+        w = np.asarray(w)
+        scale = np.abs(w).max(axis=1) / 127 + 1e-12 if weights == "int8" else np.ones(w.shape[0], np.float32)
+        q = np.round(w / scale[:, None]).astype(np.int8) if weights == "int8" else w
+        stored.append(tf.Variable(tf.cast(q, weights) if weights != "int8" else q, trainable=False))
+        scales.append(tf.Variable(scale.astype(np.float32), trainable=False))
 
     @tf.function(jit_compile=True)
     def loop(x):  # x [B, E + 1]
         def step(i, x):
+            one = tf.cast(i >= 0, tf.float32)  # 1.0 that XLA cannot prove constant
             h = x
-            for w in mats:  # each product's input is the previous output, cut or zero-padded to fit
+            for w, scale in zip(stored, scales):  # each input is the previous output, cut or zero-padded
                 width = w.shape[1]
                 h = h[:, :width] if h.shape[1] >= width else tf.pad(h, [[0, 0], [0, width - h.shape[1]]])
-                h = tf.matmul(h, w, transpose_b=True) * 1e-3
+                if w.dtype == tf.float32:
+                    h = tf.matmul(h, w, transpose_b=True) * 1e-3
+                else:
+                    h = tf.matmul(h, tf.cast(w, tf.float32) * one, transpose_b=True) * scale * 1e-3
             return i + 1, x + h[:, : x.shape[1]]
 
         return tf.while_loop(lambda i, x: i < NEW_TOKENS - 1, step, (0, x))[1]
