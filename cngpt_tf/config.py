@@ -126,14 +126,17 @@ class GPT2Config:
     # ----- files ------------------------------------------------------------------------------
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "GPT2Config":
-        """Read `config.json` (HF) or `hparams.json` (openai), told apart by their keys."""
+    def from_file(cls, path: str | Path, source: str | None = None) -> "GPT2Config":
+        """Read `config.json` (HF) or `hparams.json` (openai), told apart by their keys.
+
+        source: how messages name the file, if not by `path` (e.g. "release.zip:model/config.json").
+        """
         path = Path(path)
         d = _read_json(path)
         if "vocab_size" in d:
-            return cls.from_hf_dict(d, str(path))
+            return cls.from_hf_dict(d, source or str(path))
         if "n_vocab" in d:
-            return cls.from_hparams_dict(d, str(path))
+            return cls.from_hparams_dict(d, source or str(path))
         raise ConfigError(f"{path}: neither an HF config.json (vocab_size) nor hparams.json (n_vocab)")
 
 

@@ -69,7 +69,7 @@ def convert(
     with open_source(src, cache_dir=cache_dir, progress=progress) as files, workspace(out_dir) as work, \
             logging_redirect_tqdm():  # log lines print above the bar instead of through it
         with steps("read"):
-            config, vocab_ids = with_vocab(GPT2Config.from_file(files.config), files.vocab)
+            config, vocab_ids = with_vocab(GPT2Config.from_file(files.config, files.shown(files.config)), files.vocab)
             tensors = read_pytorch(files.weights)
             names.check(tensors, names.PT, config, origin=str(files.weights))  # before writing anything
             log.info("%s: %d tensors, %s", files.weights, len(tensors), _describe(config))

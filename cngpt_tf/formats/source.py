@@ -7,6 +7,7 @@ the user gave. Zips are checked member by member before anything is written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import http.client
 import logging
@@ -53,6 +54,12 @@ class ModelFiles:
     vocab: Path  # vocab.txt
     weights: Path  # model.safetensors if present, else pytorch_model.bin
     origin: str  # what the user passed, for messages
+    members: dict = dataclasses.field(default_factory=dict)  # file name -> "release.zip:member" (zips)
+
+    def shown(self, path: Path) -> str:
+        """How messages should name one of these files: the member inside the user's zip for a file
+        extracted into a temporary folder (which they never see), else the path itself."""
+        return self.members.get(Path(path).name, str(path))
 
 
 @contextlib.contextmanager
@@ -122,8 +129,9 @@ def _open_zip(path: Path, origin: str) -> Iterator[ModelFiles]:
             tmp = Path(tempfile.mkdtemp(prefix="cngpt_src_"))
             log.info("%s: extracting %s into %s", path, ", ".join(n for _, n in wanted), tmp)
             _extract(path, zf, wanted, tmp)
+        members = {name: f"{path}:{info.filename}" for info, name in wanted}
         try:
-            yield _files_in_folder(tmp, origin)
+            yield dataclasses.replace(_files_in_folder(tmp, origin), members=members)
         except CngptError as e:
             # Errors about an extracted file would name a temp folder the user never sees (and
             # that is gone by now): name the member inside their zip instead.

@@ -320,6 +320,16 @@ def zip_model(folder: Path, path: Path, sub: str = "gpt2_L-12_H-768_A-12_CN") ->
     return path
 
 
+def test_config_warnings_name_the_zip_member_not_the_temp_folder(tiny_pt_dir, source_state, tmp_path, capsys):
+    # the fixture's config.json carries GPT-2's bos/eos 50256, which the conversion warns about and drops
+    src = zip_model(tiny_pt_dir, tmp_path / "release.zip")
+    rc, _, err = run_main([src, tmp_path / "out", "--formats", "tf1"], capsys)
+    assert rc == 0, err
+    warnings = [line for line in err.splitlines() if "ignoring bos_token_id=50256" in line]
+    assert warnings and all(f"{src}:gpt2_L-12_H-768_A-12_CN/config.json" in line for line in warnings), err
+    assert not any("cngpt_src_" in line for line in warnings)  # nor the temporary extraction folder
+
+
 def test_zip_with_sub_folder_via_main(tiny_pt_dir, source_state, tmp_path, capsys):
     src = zip_model(tiny_pt_dir, tmp_path / "gpt2_L-12_H-768_A-12_CN.zip")
     out = tmp_path / "out"
