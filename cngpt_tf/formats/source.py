@@ -135,9 +135,8 @@ def _open_zip(path: Path, origin: str) -> Iterator[ModelFiles]:
         except CngptError as e:
             # Errors about an extracted file would name a temp folder the user never sees (and
             # that is gone by now): name the member inside their zip instead.
-            inner = {name: info.filename for info, name in wanted}
-            message = re.sub(re.escape(str(tmp)) + r"/([^\s:]+)", lambda m: f"{path}:{inner.get(m.group(1), m.group(1))}", str(e))
-            raise type(e)(message) from e
+            shown = lambda m: members.get(m.group(1), f"{path}:{m.group(1)}")  # noqa: E731
+            raise type(e)(re.sub(re.escape(str(tmp)) + r"/([^\s:]+)", shown, str(e))) from e
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
