@@ -107,16 +107,16 @@ def matmul_floor(params, weights: str = "float32"):
 
     layers = sorted({name.split("/")[1] for name in params if name.startswith("model/h")}, key=lambda h: int(h[1:]))
     mats = [params[f"model/{h}/{scope}/wb"] for h in layers for scope in CONV1D_SCOPES] + [params["model/wte"]]
-    if weights == "float32":  # variables, as the generator holds them (XLA treats constants differently)
-        stored = [w if isinstance(w, tf.Variable) else tf.Variable(w, trainable=False) for w in mats]
-        scales = [None] * len(mats)
-    else:
-        stored, scales = [], []
-    for w in mats if weights != "float32" else ():
+    stored, scales = [], []  # tf.Variables, as the generator holds them (XLA treats constants differently)
+    for w in mats:
+        if weights == "float32":
+            stored.append(w if isinstance(w, tf.Variable) else tf.Variable(w, trainable=False))
+            scales.append(None)
+            continue
         w = np.asarray(w)
         scale = np.abs(w).max(axis=1) / 127 + 1e-12 if weights == "int8" else np.ones(w.shape[0], np.float32)
-        q = np.round(w / scale[:, None]).astype(np.int8) if weights == "int8" else w
-        stored.append(tf.Variable(tf.cast(q, weights) if weights != "int8" else q, trainable=False))
+        q = np.round(w / scale[:, None]).astype(np.int8) if weights == "int8" else tf.cast(w, weights)
+        stored.append(tf.Variable(q, trainable=False))
         scales.append(tf.Variable(scale.astype(np.float32), trainable=False))
 
     @tf.function(jit_compile=True)
