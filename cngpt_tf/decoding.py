@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
 from . import model
-from .model import positions_from_mask
+from .model import positions_from_mask, shape_of
 from .sampling import Sampler, suppress
 
 
@@ -56,7 +56,8 @@ def compile_decoder(params, config, sampler: Sampler, make_constraint=None):
 
     @tf.function(jit_compile=True, autograph=False)  # the loops are explicit tf.while_loop
     def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty, *constraint_inputs):
-        batch, slots = _dim(ids, 0), _dim(ids, 1) + _dim(buffer, 1)
+        (batch, prompt_len), n_new = shape_of(ids), shape_of(buffer)[1]
+        slots = prompt_len + n_new
         cache = model.empty_cache(config, batch, slots, params["model/wte"].dtype)
         constraint, constraint_state = make_constraint(*constraint_inputs) if make_constraint else (None, ())
         return decode(
@@ -97,8 +98,9 @@ def decode(
     constraint: an object with apply(logits, step, state) -> logits and update(token, step, state)
     -> state, applied before sampling at every step; constraint_state is its initial state.
     """
-    # Dynamic sizes: a SavedModel signature traces this with an unknown batch and prompt length.
-    batch, prompt_len, n_new = _dim(input_ids, 0), _dim(input_ids, 1), _dim(new_tokens, 1)
+    # Static sizes where tracing knows them (fixed loop shapes); a SavedModel signature traces this
+    # with an unknown batch and prompt length, and then they are runtime values.
+    (batch, prompt_len), n_new = shape_of(input_ids), shape_of(new_tokens)[1]
     key_mask = tf.concat([attention_mask, tf.zeros([batch, n_new], tf.int32)], axis=1)  # [B, S]
     positions = positions_from_mask(attention_mask)
     logits, cache = step_fn(input_ids, positions, cache, 0, key_mask)  # prefill
@@ -156,11 +158,6 @@ def decode(
     rest = {k: v for k, v in s.items() if k != "cache"}
     final = tf.cond(unfinished(s), lambda: choose(rest), lambda: rest)
     return final["tokens"], final["step"]
-
-
-def _dim(tensor, axis):
-    """A static size where tracing knows it (keeps loop shapes fixed), else the runtime one."""
-    return tensor.shape[axis] if tensor.shape[axis] is not None else tf.shape(tensor)[axis]
 
 
 def _set_column(matrix, column, values):
