@@ -10,8 +10,8 @@ run and, separately, the first call (tracing + XLA compile + one run).
     python benchmarks/generation.py --batch 1 8 32 --rounds 3 --skip tf_eager
 
 The row "floor: weight matmuls only" is not a generator: it runs, in one XLA loop of 63 steps, only
-the 49 matrix products a decode step must do (the same weights and layout as ours, nothing else:
-no attention, no prefill, no sampling). It is what XLA on this machine allows any generator, and
+the 49 weight matrix products a decode step must do (the same weights and layout as ours, row
+blocks included, see `cngpt_tf.model.row_blocks`; nothing else: no attention, no prefill, no sampling). It is what XLA on this machine allows any generator, and
 it is measured in the same run so that a reader can see how close the contenders come to it.
 """
 
@@ -103,40 +103,43 @@ def matmul_floor(params, weights: str = "float32"):
     """
     import tensorflow as tf
 
-    from cngpt_tf.model import CONV1D_SCOPES
+    from cngpt_tf.model import CONV1D_SCOPES, weight_blocks
 
     layers = sorted({name.split("/")[1] for name in params if name.startswith("model/h")}, key=lambda h: int(h[1:]))
-    mats = [params[f"model/{h}/{scope}/wb"] for h in layers for scope in CONV1D_SCOPES] + [params["model/wte"]]
-    stored, scales = [], []  # tf.Variables, as the generator holds them (XLA treats constants differently)
-    for w in mats:
+    groups = [weight_blocks(params, f"model/{h}/{scope}") for h in layers for scope in CONV1D_SCOPES]
+    groups.append([params["model/wte"]])  # each group: one product, stored in row blocks like the generator's
+
+    def store(w):  # -> (tf.Variable, per-row scale or None), as the generator holds them (not constants)
         if weights == "float32":
-            stored.append(w if isinstance(w, tf.Variable) else tf.Variable(w, trainable=False))
-            scales.append(None)
-            continue
+            return (w if isinstance(w, tf.Variable) else tf.Variable(w, trainable=False)), None
         w = np.asarray(w)
         scale = np.abs(w).max(axis=1) / 127 + 1e-12 if weights == "int8" else np.ones(w.shape[0], np.float32)
         q = np.round(w / scale[:, None]).astype(np.int8) if weights == "int8" else tf.cast(w, weights)
-        stored.append(tf.Variable(q, trainable=False))
-        scales.append(tf.Variable(scale.astype(np.float32), trainable=False))
+        return tf.Variable(q, trainable=False), tf.Variable(scale.astype(np.float32), trainable=False)
+
+    stored = [[store(w) for w in group] for group in groups]
 
     @tf.function(jit_compile=True)
     def loop(x):  # x [B, E + 1]
         def step(i, x):
             one = tf.cast(i >= 0, tf.float32)  # 1.0 that XLA cannot prove constant
             h = x
-            for w, scale in zip(stored, scales):  # each input is the previous output, cut or zero-padded
-                width = w.shape[1]
+            for group in stored:  # each input is the previous output, cut or zero-padded
+                width = group[0][0].shape[1]
                 h = h[:, :width] if h.shape[1] >= width else tf.pad(h, [[0, 0], [0, width - h.shape[1]]])
-                if w.dtype == tf.float32:
-                    h = tf.matmul(h, w, transpose_b=True) * 1e-3
-                else:
-                    h = tf.matmul(h, tf.cast(w, tf.float32) * one, transpose_b=True) * scale * 1e-3
+                outs = []
+                for w, scale in group:
+                    if scale is None:
+                        outs.append(tf.matmul(h, w, transpose_b=True) * 1e-3)
+                    else:
+                        outs.append(tf.matmul(h, tf.cast(w, tf.float32) * one, transpose_b=True) * scale * 1e-3)
+                h = tf.concat(outs, axis=1) if len(outs) > 1 else outs[0]
             return i + 1, x + h[:, : x.shape[1]]
 
         return tf.while_loop(lambda i, x: i < NEW_TOKENS - 1, step, (0, x))[1]
 
     def run(ids):
-        loop(tf.ones([len(ids), mats[0].shape[1]])).numpy()
+        loop(tf.ones([len(ids), groups[0][0].shape[1]])).numpy()
         return np.zeros((len(ids), PROMPT_LEN + NEW_TOKENS), np.int32)  # the shape every contender returns
 
     return run

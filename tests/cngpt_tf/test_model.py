@@ -1,4 +1,5 @@
-"""cngpt_tf.model: the KV cache's layout, and decoding through it equal to a full forward pass."""
+"""cngpt_tf.model: the packed weight layout, the KV cache's layout, and decoding through it equal to a full
+forward pass."""
 
 from __future__ import annotations
 
@@ -7,9 +8,47 @@ import tensorflow as tf
 
 from cngpt_tf import model
 from cngpt_tf.config import GPT2Config
+from cngpt_tf.formats import names
 from converters.demo import demo_weights
 
 CONFIG = GPT2Config(n_vocab=97, n_ctx=32, n_embd=32, n_head=4, n_layer=2)
+WIDE = GPT2Config(n_vocab=50, n_ctx=16, n_embd=768, n_head=12, n_layer=1)  # GPT-2 small's layer widths
+
+
+def test_row_blocks_balance_the_matrix_vector_tasks_over_the_threads():
+    # GPT-2 small on 2 threads: mlp c_fc [3072, 769] and c_proj [768, 3073] get 5 XLA tasks as one
+    # block (the fifth runs alone), 2 per block as 3 blocks; c_attn (4 tasks) and attn c_proj (2) stay whole
+    assert [model.row_blocks(r, c, 2) for r, c in [(3072, 769), (768, 3073), (2304, 769), (768, 769)]] == [3, 3, 1, 1]
+    assert model.row_blocks(3072, 769, 1) == 1  # one thread: nothing to balance
+    assert model.row_blocks(3072, 769, 8) == 1  # 5 tasks run in one round of 8 threads
+    assert model.row_blocks(3 * 64, 65, 2) == 1  # tiny layers: one task, one block
+    for rows, cols in [(3072, 769), (768, 3073), (4096, 1025), (1000, 3000)]:
+        for threads in (2, 3, 4, 6):
+            blocks = model.row_blocks(rows, cols, threads)
+            assert rows % blocks == 0 and (rows // blocks) % 8 == 0 or blocks == 1
+
+
+def test_pack_params_stores_row_blocks_that_concatenate_to_w_transposed_and_b():
+    tf1 = names.convert(demo_weights(WIDE, seed=1), names.PT, names.TF1, WIDE)
+    packed = model.pack_params(tf1, threads=2)
+    for scope, n_blocks in [("attn/c_attn", 1), ("attn/c_proj", 1), ("mlp/c_fc", 3), ("mlp/c_proj", 3)]:
+        blocks = model.weight_blocks(packed, f"model/h0/{scope}")
+        assert len(blocks) == n_blocks, scope
+        w, b = tf1[f"model/h0/{scope}/w"][0], tf1[f"model/h0/{scope}/b"]
+        np.testing.assert_array_equal(np.concatenate(blocks), np.concatenate([w.T, b[:, None]], axis=1))
+    one = model.pack_params(tf1, threads=1)
+    assert len(model.weight_blocks(one, "model/h0/mlp/c_fc")) == 1
+    conv1d = [k for k in one if any(f"/{scope}/" in k for scope in model.CONV1D_SCOPES)]
+    assert conv1d and all("/wb/" in k for k in conv1d)  # no unpacked Conv1D w or b left behind
+
+
+def test_logits_do_not_depend_on_the_row_blocks():
+    tf1 = names.convert(demo_weights(WIDE, seed=2), names.PT, names.TF1, WIDE)
+    ids = np.random.default_rng(0).integers(0, WIDE.n_vocab, size=(2, 5)).astype(np.int32)
+    mask = np.ones_like(ids)
+    blocked = model.logits(model.pack_params(tf1, threads=2), WIDE, ids, mask).numpy()
+    whole = model.logits(model.pack_params(tf1, threads=1), WIDE, ids, mask).numpy()
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_cache_is_n_layer_pairs_of_past_shape():
