@@ -15,20 +15,27 @@ from .model import positions_from_mask, shape_of
 from .sampling import Sampler, suppress
 
 
-BUCKET = 16  # prompt lengths and new-token buffers are padded up to multiples of this
+BUCKET = 16  # prompt lengths and new-token buffers are padded up to multiples of this ...
+SHORT = 8  # ... except 1..SHORT, which get one smaller bucket: most prompts here are a poem's first
+# line and [CLS] ("明月几时有，" is 7 tokens); at batch 8 that halves the prefill and gives +4% tokens/s
 
 
 def round_up(n):
-    """n rounded up to a multiple of BUCKET (a Python int or a scalar tensor)."""
-    return (n + BUCKET - 1) // BUCKET * BUCKET
+    """n's bucket: SHORT for 1 <= n <= SHORT, else n rounded up to a multiple of BUCKET.
+
+    n is a Python int or a scalar int tensor (the SavedModel buckets in-graph)."""
+    rounded = (n + BUCKET - 1) // BUCKET * BUCKET
+    if not tf.is_tensor(n):
+        return rounded if n > SHORT else min(rounded, SHORT)
+    return tf.where(n > SHORT, rounded, tf.minimum(rounded, SHORT))
 
 
 def generate_bucketed(decoder, input_ids, attention_mask, max_new, *, min_new, eos, pad, seed, temperature,
                       top_p, penalty, constraint=()):
     """Run a `compile_decoder` decoder on left-padded [B, P] prompts; return [B, P + new] (TF ops).
 
-    The prompt gets extra left padding and the new-token buffer is rounded up (both to BUCKET), so
-    that few distinct shapes reach the XLA compiler. `constraint` inputs must be sized for
+    The prompt gets extra left padding and the new-token buffer is rounded up (both by `round_up`),
+    so that few distinct shapes reach the XLA compiler. `constraint` inputs must be sized for
     round_up(max_new) steps. Used by the Python Generator (eagerly) and the SavedModel (in-graph).
     """
     extra = round_up(tf.shape(input_ids)[1]) - tf.shape(input_ids)[1]

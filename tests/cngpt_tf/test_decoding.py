@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
-from cngpt_tf.decoding import decode
+from cngpt_tf.decoding import BUCKET, SHORT, decode, round_up
 from cngpt_tf.sampling import SamplingConfig, make_sampler
 
 V = 20
@@ -204,3 +204,10 @@ def test_repetition_penalty_counts_real_prompt_tokens_and_new_ones_but_not_pads(
     assert r.tokens.tolist() == [[3, 4, 3, 3], [4, 3, 3, 3]]
     plain = run(ids=ids, mask=mask, pad=3, max_new=2, penalty=1.0, model_cls=ConstantModel)
     assert plain.tokens.tolist() == [[3, 3], [3, 3]]
+
+
+def test_round_up_gives_short_prompts_one_small_bucket_and_the_rest_multiples_of_bucket():
+    expected = {0: 0, 1: SHORT, SHORT: SHORT, SHORT + 1: BUCKET, BUCKET: BUCKET, BUCKET + 1: 2 * BUCKET,
+                5 * BUCKET: 5 * BUCKET}
+    assert {n: round_up(n) for n in expected} == expected
+    assert {n: int(round_up(tf.constant(n))) for n in expected} == expected  # the SavedModel's in-graph path

@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pytest
 
+from cngpt_tf.decoding import SHORT
 from cngpt_tf.generator import BUCKET, Generator
 from cngpt_tf.sampling import SamplingConfig
 from tests.conftest import write_torch_model
@@ -180,14 +181,15 @@ def test_prompt_lengths_in_one_bucket_do_not_retrace(gen):
     gen.generate_ids([[CLS, 5, 6]], max_new_tokens=NEW)
     fn = gen._compiled[key]
     before = fn.experimental_get_tracing_count()
-    # prompts of 1..16 tokens and 17..32 new tokens: one (prompt, new-token) bucket
-    for prompt, new in (([CLS] + [7] * 8, 17), ([CLS] + [8] * (BUCKET - 1), 2 * BUCKET), ([CLS], 25)):
+    # prompts of 1..8 tokens (the short bucket) and 17..32 new tokens: one (prompt, new-token) bucket
+    for prompt, new in (([CLS] + [7] * (SHORT - 1), 17), ([CLS] + [8] * 4, 2 * BUCKET), ([CLS], 25)):
         gen.generate_ids([prompt], max_new_tokens=new)
         gen.generate_ids([prompt], max_new_tokens=new, eos_token_id=-1, min_new_tokens=1)
     assert fn.experimental_get_tracing_count() == before
     assert gen._compiled[key] is fn
-    # the counter does move at the next prompt bucket
-    gen.generate_ids([[CLS] + [9] * BUCKET], max_new_tokens=NEW)
+    # the counter moves once for the next prompt bucket (9..16 tokens), and not again within it
+    gen.generate_ids([[CLS] + [9] * SHORT], max_new_tokens=NEW)
+    gen.generate_ids([[CLS] + [9] * (BUCKET - 1)], max_new_tokens=NEW)
     assert fn.experimental_get_tracing_count() == before + 1
 
 
