@@ -9,7 +9,9 @@ collects them, and this script sums them by kind, per decode step:
 
 Kernel names are XLA's: `MatMul*` (ours, in the HLO: weight matrix products; `dot*` at batch 1,
 where XLA rewrites them as matrix-vector products) and `dot*` with a batch of B * H (attention).
-The profiler itself adds some time; compare the shares, not the absolute numbers, with the benchmark.
+The profiler itself adds some time, and independent kernels (e.g. the row blocks of one weight, see
+`cngpt_tf.model.row_blocks`) may run at the same time on different threads, so the per-step sums
+can exceed the wall time: compare the shares, not the absolute numbers, with the benchmark.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def categorize(name: str, batch: int, n_head: int, shapes: dict[str, str]) -> st
     if shape.startswith(f"f32[{batch * n_head},"):
         return "attention matmuls (reading the K/V cache)"
     if shape.startswith(f"f32[{batch * round_up(PROMPT_LEN)},"):
-        return "weight matmuls of the prefill (prompt bucket of 16)"
+        return f"weight matmuls of the prefill (prompt bucket of {round_up(PROMPT_LEN)})"
     return "weight matmuls of the decode steps"
 
 
