@@ -37,7 +37,7 @@ def params_from_pt(pt_tensors: dict, config: GPT2Config) -> dict:
 def pack_params(tf1: dict, threads: int | None = None) -> dict:
     """TF1-layout numpy weights -> the layout these functions read (see the module docstring).
 
-    threads: the CPU threads XLA will run on (default: this process's, see `row_blocks`)."""
+    threads: the CPU threads XLA will run the products on (default `cpu_threads()`; see `row_blocks`)."""
     threads = cpu_threads() if threads is None else threads
     packed = {}
     for name, value in tf1.items():
@@ -73,15 +73,15 @@ def row_blocks(rows: int, cols: int, threads: int) -> int:
     on 2 threads the fifth runs alone; as 3 blocks they get 2 tasks each, and the batch-1 product
     takes 0.30 instead of 0.40 ms (c_fc) and 0.35 instead of 0.39 ms (c_proj). The estimate below is
     rounds x rows per task, summed over blocks; more blocks must win by 5% (each dot has a fixed cost;
-    at batch 8, where Eigen runs the product, 3 blocks cost ~4% more). On a GPU, always 1.
+    at batch 8, where Eigen runs the product, 3 blocks cost ~4% more).
     """
-    if threads <= 1 or tf.config.list_physical_devices("GPU"):
+    if threads <= 1:
         return 1
 
-    def cost(blocks):
+    def cost(blocks):  # in the time one thread takes for one row
         block_rows = rows // blocks
-        tasks = min(GEMV_MAX_TASKS, -(-block_rows // -(-GEMV_FMA_PER_TASK // cols)))
-        return blocks * -(-tasks // threads) * -(-block_rows // tasks)
+        tasks = min(GEMV_MAX_TASKS, _ceil_div(block_rows, _ceil_div(GEMV_FMA_PER_TASK, cols)))
+        return blocks * _ceil_div(tasks, threads) * _ceil_div(block_rows, tasks)
 
     best = 1
     for blocks in range(2, GEMV_MAX_TASKS + 1):
@@ -91,11 +91,18 @@ def row_blocks(rows: int, cols: int, threads: int) -> int:
 
 
 def cpu_threads() -> int:
-    """The threads XLA's CPU runtime uses: TF's intra-op setting, else the CPUs this process may use."""
+    """The CPU threads XLA runs the weight products on: TF's intra-op setting, else the CPUs this
+    process may use; 1 (nothing to balance) where a GPU runs them."""
+    if tf.config.list_physical_devices("GPU"):
+        return 1
     configured = tf.config.threading.get_intra_op_parallelism_threads()
     if configured:
         return configured
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def past_shape(config: GPT2Config, batch_size, cache_len) -> list:
