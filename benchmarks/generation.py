@@ -11,8 +11,9 @@ run and, separately, the first call (tracing + XLA compile + one run).
 
 The row "floor: weight matmuls only" is not a generator: it runs, in one XLA loop of 63 steps, only
 the 49 weight matrix products a decode step must do (the same weights and layout as ours, row
-blocks included, see `cngpt_tf.model.row_blocks`; nothing else: no attention, no prefill, no sampling). It is what XLA on this machine allows any generator, and
-it is measured in the same run so that a reader can see how close the contenders come to it.
+blocks included, see `cngpt_tf.model.row_blocks`; nothing else: no attention, no prefill, no
+sampling). It is what XLA on this machine allows any generator, and it is measured in the same run
+so that a reader can see how close the contenders come to it.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@
     ids = gen.generate_ids([[101, 3209, 3299]], max_new_tokens=32)  # numpy [B, P + new]
     gen.generate(["明月几时有，"], max_length=60, do_sample=True, top_k=8, seed=0)
 
-Prompts are left-padded and their length rounded up to a multiple of `BUCKET` (16; 1..8 tokens to 8),
-as is the number of new tokens, so that new lengths rarely trigger a new XLA compile. Each compiled function is cached
-per (batch, prompt bucket, new-token bucket, sampling strategy); temperature, top_p, the penalty,
-the seed and max_new_tokens are runtime inputs and never recompile.
+Prompts are left-padded and their length rounded up to a multiple of `BUCKET` (16; 1..8 tokens to
+8), as is the number of new tokens, so that new lengths rarely trigger a new XLA compile. Each
+compiled function is cached per (batch, prompt bucket, new-token bucket, sampling strategy);
+temperature, top_p, the penalty, the seed and max_new_tokens are runtime inputs and never recompile.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ the same names, except that each Conv1D's `w` [1, nx, nf] and `b` [nf] become `w
 (transposed, bias as the last column), stored as row blocks `wb/0`, `wb/1`, ... (see `row_blocks`).
 On CPU, XLA runs `x @ w + b` as a dot fused with its bias add that reads the weights at about two
 thirds of the speed of a plain dot against a transposed matrix; `[x, 1] @ wb.T` is that plain dot
-and adds the bias in the same pass (benchmarks/generation.py measures the whole model). The same functions serve the conversion check,
-the SavedModel signatures and the XLA decode loop: one GPT-2 in this project, not one per use.
+and adds the bias in the same pass (benchmarks/generation.py measures the whole model). The same
+functions serve the conversion check, the SavedModel signatures and the XLA decode loop: one GPT-2
+in this project, not one per use.
 
 Notation: B batch, T new tokens this call, S cache slots, E n_embd, H n_head, D head_dim, V n_vocab.
 The sequence is left-padded: slot j of the cache holds token j of the padded sequence, so "causal"
