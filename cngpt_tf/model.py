@@ -62,8 +62,9 @@ def weight_blocks(params, scope) -> list:
 
 
 # XLA's CPU matrix-vector kernel (every weight product at batch 1) splits the rows of W [rows, cols]
-# into min(8, ceil(rows / ceil(2**19 / cols))) equal tasks (xla/service/cpu/dot_op_emitter.cc).
-GEMV_FMA_PER_TASK, GEMV_MAX_TASKS = 2**19, 8
+# into min(8, ceil(rows / ceil(2**19 / cols))) equal tasks of whole 8-row tiles
+# (xla/service/cpu/dot_op_emitter.cc).
+GEMV_FMA_PER_TASK, GEMV_MAX_TASKS, GEMV_TILE_ROWS = 2**19, 8, 8
 
 
 def row_blocks(rows: int, cols: int, threads: int) -> int:
@@ -86,7 +87,8 @@ def row_blocks(rows: int, cols: int, threads: int) -> int:
 
     best = 1
     for blocks in range(2, GEMV_MAX_TASKS + 1):
-        if rows % blocks == 0 and (rows // blocks) % 8 == 0 and cost(blocks) < 0.95 * cost(best):
+        whole_tiles = rows % blocks == 0 and (rows // blocks) % GEMV_TILE_ROWS == 0
+        if whole_tiles and cost(blocks) < 0.95 * cost(best):
             best = blocks
     return best
 
