@@ -71,8 +71,8 @@ def convert(
         with steps("read"):
             config, vocab_ids = with_vocab(GPT2Config.from_file(files.config, files.shown(files.config)), files.vocab)
             tensors = read_pytorch(files.weights)
-            names.check(tensors, names.PT, config, origin=str(files.weights))  # before writing anything
-            log.info("%s: %d tensors, %s", files.weights, len(tensors), _describe(config))
+            names.check(tensors, names.PT, config, origin=files.shown(files.weights))  # before writing anything
+            log.info("%s: %d tensors, %s", files.shown(files.weights), len(tensors), _describe(config))
         from .saved_model import GenerationSettings
 
         settings = None if no_generate else (generation or GenerationSettings())
