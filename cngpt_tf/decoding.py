@@ -59,13 +59,13 @@ def compile_decoder(params, config, sampler: Sampler, make_constraint=None):
 
     def step_fn(ids, positions, cache, index, key_mask):
         hidden, cache = model.forward(params, config, ids, positions, cache, index, key_mask)
-        return model.lm_head(params, hidden[:, -1]), cache  # logits of the last position only
+        return model.lm_head(params, config, hidden[:, -1]), cache  # logits of the last position only
 
     @tf.function(jit_compile=True, autograph=False)  # the loops are explicit tf.while_loop
     def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty, *constraint_inputs):
         (batch, prompt_len), n_new = shape_of(ids), shape_of(buffer)[1]
         slots = prompt_len + n_new
-        cache = model.empty_cache(config, batch, slots, params["model/wte"].dtype)
+        cache = model.empty_cache(config, batch, slots, params["model/wpe"].dtype)
         constraint, constraint_state = make_constraint(*constraint_inputs) if make_constraint else (None, ())
         return decode(
             step_fn, cache, sampler, ids, mask, buffer,

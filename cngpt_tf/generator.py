@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from . import model
+from . import model, native
 from .config import GPT2Config, with_vocab
 from .decoding import BUCKET, compile_decoder, generate_bucketed, round_up
 from .errors import SourceError
@@ -29,18 +29,27 @@ log = logging.getLogger(__name__)
 
 
 class Generator:
-    def __init__(self, pt_tensors: dict, config: GPT2Config, tokenizer=None):
-        """pt_tensors: PyTorch-named numpy weights (what every reader in `cngpt_tf.formats` returns)."""
+    def __init__(self, pt_tensors: dict, config: GPT2Config, tokenizer=None, *, native_kernel: bool | None = None):
+        """pt_tensors: PyTorch-named numpy weights (what every reader in `cngpt_tf.formats` returns).
+
+        native_kernel: run the weight products in `cngpt_tf.native`'s kernel (default: where
+        `native.enabled()`, i.e. on an AVX-512 CPU where it builds); False keeps XLA's dot."""
         self.config = config
         self.tokenizer = tokenizer
-        packed = model.params_from_pt(pt_tensors, config)
+        if native_kernel and not native.available():
+            raise ValueError("native_kernel=True, but the native kernel cannot run here (see cngpt_tf.native)")
+        self.native_kernel = native.enabled() if native_kernel is None else native_kernel
+        # The kernel's weight layout (panels) works only under XLA on the CPU: all the generator runs.
+        packed = model.params_from_pt(pt_tensors, config, panels=self.native_kernel)
         self.params = {k: tf.Variable(v, trainable=False, name=k.replace("/", "_")) for k, v in packed.items()}
         self._compiled = {}
         self._poem_vocab = None  # cngpt_tf.poetry.PoemVocab, built on the first poem()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, tokenizer: bool = True) -> "Generator":
-        """Load a pt2tf OUT_DIR (uses its tf2/), an HF TF GPT-2 folder (tf_model.h5), or a tf1/ folder."""
+    def from_pretrained(cls, path: str | Path, *, tokenizer: bool = True, native_kernel: bool | None = None) -> "Generator":
+        """Load a pt2tf OUT_DIR (uses its tf2/), an HF TF GPT-2 folder (tf_model.h5), or a tf1/ folder.
+
+        native_kernel: as in `Generator()`."""
         folder = _model_folder(Path(path))
         if (folder / "tf_model.h5").is_file():
             from .formats.hf_tf2 import read_tf2 as read
@@ -54,7 +63,7 @@ class Generator:
                 from .tokenizer import ChineseTokenizer
 
                 tok = ChineseTokenizer.from_pretrained(folder)
-        return cls(pt_tensors, config, tok)
+        return cls(pt_tensors, config, tok, native_kernel=native_kernel)
 
     # ----- id level -------------------------------------------------------------------------------
 

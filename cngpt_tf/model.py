@@ -1,13 +1,14 @@
 """GPT-2 in pure TensorFlow functions over the openai/gpt-2 weight layout, with a fixed-size KV cache.
 
 `params` is the dict `pack_params()` makes from the TF1 tensors (`OUT_DIR/tf1`'s names and shapes):
-the same names, except that each Conv1D's `w` [1, nx, nf] and `b` [nf] become `wb` [nf, nx + 1]
-(transposed, bias as the last column), stored as row blocks `wb/0`, `wb/1`, ... (see `row_blocks`).
-On CPU, XLA runs `x @ w + b` as a dot fused with its bias add that reads the weights at about two
-thirds of the speed of a plain dot against a transposed matrix; `[x, 1] @ wb.T` is that plain dot
-and adds the bias in the same pass (benchmarks/generation.py measures the whole model). The same
-functions serve the conversion check, the SavedModel signatures and the XLA decode loop: one GPT-2
-in this project, not one per use.
+the same names, except that each Conv1D's `w` [1, nx, nf] and `b` [nf] become one matrix with the
+bias as an extra input row, [x, 1] @ [[w], [b]], so that one product adds the bias too. It is stored
+either (default) transposed, as row blocks `wb/0`, `wb/1`, ... of [nf, nx + 1] for XLA's dot (see
+`row_blocks`; XLA reads `x @ w + b` at about two thirds of the speed of a plain dot against a
+transposed matrix), or, for the generator on an AVX-512 CPU, as the column panels `panels`
+[nf / 32, nx + 1, 32] of the native kernel (`cngpt_tf.native`), which also holds the output
+embedding as `model/wte/panels` in place of `model/wte`. The same functions serve the conversion
+check, the SavedModel signatures and the XLA decode loop: one GPT-2 in this project, not one per use.
 
 Notation: B batch, T new tokens this call, S cache slots, E n_embd, H n_head, D head_dim, V n_vocab.
 The sequence is left-padded: slot j of the cache holds token j of the padded sequence, so "causal"
@@ -23,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice  # also what HF's TF generate uses
 
+from . import native
 from .config import GPT2Config
 from .formats import names
 
@@ -30,24 +32,30 @@ CONV1D_SCOPES = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
 NEG_INF = -1e9  # added to masked attention scores; finite so a fully masked (pad) row stays NaN-free
 
 
-def params_from_pt(pt_tensors: dict, config: GPT2Config) -> dict:
+def params_from_pt(pt_tensors: dict, config: GPT2Config, panels: bool = False) -> dict:
     """PyTorch-named numpy weights (the converters' canonical form) -> packed params."""
-    return pack_params(names.convert(pt_tensors, names.PT, names.TF1, config))
+    return pack_params(names.convert(pt_tensors, names.PT, names.TF1, config), panels=panels)
 
 
-def pack_params(tf1: dict, threads: int | None = None) -> dict:
+def pack_params(tf1: dict, threads: int | None = None, panels: bool = False) -> dict:
     """TF1-layout numpy weights -> the layout these functions read (see the module docstring).
 
-    threads: the CPU threads XLA will run the products on (default `cpu_threads()`; see `row_blocks`)."""
+    threads: the CPU threads XLA will run the products on (default `cpu_threads()`; see `row_blocks`).
+    panels: store the native kernel's column panels (only for XLA on the CPU; `native.enabled()`)."""
     threads = cpu_threads() if threads is None else threads
     packed = {}
     for name, value in tf1.items():
         scope, leaf = name.rsplit("/", 1)
         if scope.endswith(CONV1D_SCOPES) and leaf == "w":
-            w, b = np.asarray(value), np.asarray(tf1[f"{scope}/b"])
-            wb = np.concatenate([w[0].T, b[:, None]], axis=1)  # [nf, nx + 1]
+            w, b = np.asarray(value)[0], np.asarray(tf1[f"{scope}/b"])
+            if panels and w.shape[1] % native.PANEL == 0:  # whole panels: conv1d reads nf off the shape
+                packed[f"{scope}/panels"] = native.to_panels(np.concatenate([w, b[None, :]]))  # of [nx + 1, nf]
+                continue
+            wb = np.concatenate([w.T, b[:, None]], axis=1)  # [nf, nx + 1]
             for i, block in enumerate(np.split(wb, row_blocks(*wb.shape, threads))):
                 packed[f"{scope}/wb/{i}"] = np.ascontiguousarray(block)
+        elif name == "model/wte" and panels:
+            packed["model/wte/panels"] = native.to_panels(np.asarray(value).T)  # of [E, V]
         elif not (scope.endswith(CONV1D_SCOPES) and leaf == "b"):
             packed[name] = value
     return packed
@@ -142,7 +150,7 @@ def logits(params, config: GPT2Config, input_ids, attention_mask):
         cache_index=0,
         key_mask=attention_mask,
     )
-    return lm_head(params, hidden)
+    return lm_head(params, config, hidden)
 
 
 def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index, key_mask):
@@ -154,8 +162,7 @@ def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index
     Returns (hidden [B, T, E] after ln_f, the cache with this call's K/V written in).
     Writing into a cache needs XLA (`tf.function(jit_compile=True)`): it is an XLA dynamic-update-slice.
     """
-    wte, wpe = params["model/wte"], params["model/wpe"]
-    x = tf.gather(wte, input_ids) + tf.gather(wpe, positions)  # [B, T, E]
+    x = embed(params, input_ids) + tf.gather(params["model/wpe"], positions)  # [B, T, E]
     bias = _attention_bias(shape_of(input_ids)[1], key_mask, cache_index, x.dtype)  # [B, 1, T, S]
     new_cache = []
     for i in range(config.n_layer):
@@ -166,9 +173,22 @@ def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index
     return x, tuple(new_cache)
 
 
-def lm_head(params, hidden):
+def embed(params, input_ids):
+    """Token embeddings [B, T] -> [B, T, E], from `model/wte` or from its panels."""
+    if "model/wte" in params:
+        return tf.gather(params["model/wte"], input_ids)
+    panels = params["model/wte/panels"]  # [P, E, 32]: token v is column v % 32 of panel v // 32
+    width = panels.shape[1]
+    ids = tf.cast(input_ids, tf.int32)[..., None]  # [B, T, 1]
+    flat = (ids // native.PANEL) * (width * native.PANEL) + tf.range(width) * native.PANEL + ids % native.PANEL
+    return tf.gather(tf.reshape(panels, [-1]), flat)  # [B, T, E]
+
+
+def lm_head(params, config: GPT2Config, hidden):
     """[..., E] -> [..., V] float32 logits, with the output embedding tied to `wte`."""
-    return tf.cast(_dot_transposed(hidden, params["model/wte"]), tf.float32)
+    if "model/wte" in params:
+        return tf.cast(_dot_transposed(hidden, params["model/wte"]), tf.float32)
+    return _panel_product(hidden, params["model/wte/panels"], config.n_vocab)
 
 
 def block(params, scope, config, x, layer_cache, cache_index, bias):
@@ -185,7 +205,7 @@ def block(params, scope, config, x, layer_cache, cache_index, bias):
 
 def attention(params, scope, config, x, layer_cache, cache_index, bias):
     """Causal self-attention over the cache. x [B, T, E]; layer_cache (keys, values), each [B * H, S, D]."""
-    qkv = conv1d(x, weight_blocks(params, f"{scope}/c_attn"))  # [B, T, 3E]
+    qkv = conv1d(params, f"{scope}/c_attn", x)  # [B, T, 3E]
     q, k, v = (split_heads(t, config.n_head) for t in tf.split(qkv, 3, axis=-1))  # [B * H, T, D] each
     if layer_cache is None:  # no cache: attend over this call's tokens only (cache_index must be 0)
         keys, values = k, v
@@ -197,21 +217,31 @@ def attention(params, scope, config, x, layer_cache, cache_index, bias):
     scores = tf.reshape(scores, [-1, config.n_head, length, slots]) + bias  # [B, H, T, S]
     weights = tf.reshape(tf.nn.softmax(scores, axis=-1), [-1, length, slots])  # [B * H, T, S]
     out = merge_heads(tf.matmul(weights, values), config.n_head)  # [B, T, E]
-    return conv1d(out, weight_blocks(params, f"{scope}/c_proj")), (keys, values)
+    return conv1d(params, f"{scope}/c_proj", out), (keys, values)
 
 
 def mlp(params, scope, x):
-    h = gelu(conv1d(x, weight_blocks(params, f"{scope}/c_fc")))  # [B, T, 4E]
-    return conv1d(h, weight_blocks(params, f"{scope}/c_proj"))
+    h = gelu(conv1d(params, f"{scope}/c_fc", x))  # [B, T, 4E]
+    return conv1d(params, f"{scope}/c_proj", h)
 
 
-def conv1d(x, blocks):
-    """GPT-2's Conv1D (a dense layer): x [..., nx] @ w + b, as [x, 1] @ wb.T with wb [nf, nx + 1]
-    given as its row blocks (each [nf / len(blocks), nx + 1])."""
+def conv1d(params, scope, x):
+    """GPT-2's Conv1D (a dense layer): x [..., nx] @ w + b, as [x, 1] @ [[w], [b]], from the row
+    blocks `{scope}/wb/i` (each [nf / blocks, nx + 1], transposed) or the panels `{scope}/panels`."""
     ones = [[0, 0]] * (x.shape.rank - 1) + [[0, 1]]
     x = tf.pad(x, ones, constant_values=1.0)  # [..., nx + 1]
-    outs = [_dot_transposed(x, wb) for wb in blocks]  # [x, 1] @ wb.T per block
+    panels = params.get(f"{scope}/panels")
+    if panels is not None:
+        return _panel_product(x, panels, panels.shape[0] * native.PANEL)
+    outs = [_dot_transposed(x, wb) for wb in weight_blocks(params, scope)]  # [x, 1] @ wb.T per block
     return outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
+
+
+def _panel_product(x, panels, n):
+    """x [..., K] @ W [K, n] by the native kernel, W given as its panels [ceil(n / 32), K, 32]."""
+    flat = tf.reshape(x, [-1, x.shape[-1]])  # [prod(...), K]
+    out = native.panel_matmul(flat, panels, n, cpu_threads())
+    return tf.reshape(out, shape_of(x)[:-1] + [n])
 
 
 def _dot_transposed(x, w):

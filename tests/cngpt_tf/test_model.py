@@ -82,7 +82,7 @@ def test_decoding_through_the_cache_equals_the_full_forward_pass():
     @tf.function(jit_compile=True)
     def call(new_ids, positions, cache, index, key_mask):
         hidden, cache = model.forward(params, CONFIG, new_ids, positions, cache, index, key_mask)
-        return model.lm_head(params, hidden[:, -1]), cache
+        return model.lm_head(params, CONFIG, hidden[:, -1]), cache
 
     prefill = 4
     positions = model.positions_from_mask(mask).numpy()
