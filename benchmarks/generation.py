@@ -9,11 +9,14 @@ run and, separately, the first call (tracing + XLA compile + one run).
     python benchmarks/generation.py                 # batch 1 and 8, 5 rounds (~6 min on 2 cores)
     python benchmarks/generation.py --batch 1 8 32 --rounds 3 --skip tf_eager
 
+On an AVX-512 CPU the generator runs its weight products in the native kernel (`cngpt_tf.native`);
+the row "cngpt_tf (XLA dot, no kernel)" is the same generator with `native_kernel=False`.
+
 The row "floor: weight matmuls only" is not a generator: it runs, in one XLA loop of 63 steps, only
-the 49 weight matrix products a decode step must do (the same weights and layout as ours, row
-blocks included, see `cngpt_tf.model.row_blocks`; nothing else: no attention, no prefill, no
-sampling). It is what XLA on this machine allows any generator, and it is measured in the same run
-so that a reader can see how close the contenders come to it.
+the 49 weight matrix products a decode step must do (the same weights and layout as ours: the
+kernel's panels, or XLA's dot over row blocks, see `cngpt_tf.model.row_blocks`; nothing else: no
+attention, no prefill, no sampling). It is measured in the same run so that a reader can see how
+close the contenders come to it.
 """
 
 from __future__ import annotations
@@ -49,10 +52,14 @@ def build_contenders(config, weights, skip):
         from cngpt_tf.generator import Generator
 
         gen = Generator(weights, config)
-        contenders["cngpt_tf (XLA)"] = lambda ids: gen.generate_ids(
-            ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+        name = "cngpt_tf (XLA + native kernel)" if gen.native_kernel else "cngpt_tf (XLA)"
+        contenders[name] = lambda ids: gen.generate_ids(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
         if "floor" not in skip:
             contenders[FLOOR] = matmul_floor(gen.params)
+        if gen.native_kernel and "xla_dot" not in skip:  # the same generator without the kernel
+            plain = Generator(weights, config, native_kernel=False)
+            contenders["cngpt_tf (XLA dot, no kernel)"] = lambda ids: plain.generate_ids(
+                ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
     if "torch" not in skip:
         import torch
         from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
@@ -97,53 +104,72 @@ FLOOR = "floor: weight matmuls only"
 def matmul_floor(params, weights: str = "float32"):
     """run(ids) doing only the decode loop's weight matrix products (see the module docstring).
 
-    weights: "float32" (as the generator stores them), or "bfloat16" / "int8" (per-row scales) stored
-    that way and converted to float32 inside the loop, for benchmarks/weight_formats.py. The
-    conversion is scaled by a loop-dependent 1.0: XLA would otherwise hoist it out of the loop and
-    run the float32 products on a converted copy.
+    params: the generator's, in its layout: row blocks for XLA's dot, or the native kernel's panels.
+    weights: "float32" (as the generator stores them), or "bfloat16" / "int8" (per-row scales, row
+    blocks only) stored that way and converted to float32 inside the loop, for
+    benchmarks/weight_formats.py. The conversion is scaled by a loop-dependent 1.0: XLA would
+    otherwise hoist it out of the loop and run the float32 products on a converted copy.
     """
     import tensorflow as tf
 
-    from cngpt_tf.model import CONV1D_SCOPES, weight_blocks
+    from cngpt_tf import native
+    from cngpt_tf.model import CONV1D_SCOPES, cpu_threads, weight_blocks
 
     layers = sorted({name.split("/")[1] for name in params if name.startswith("model/h")}, key=lambda h: int(h[1:]))
-    groups = [weight_blocks(params, f"model/{h}/{scope}") for h in layers for scope in CONV1D_SCOPES]
-    groups.append([params["model/wte"]])  # each group: one product, stored in row blocks like the generator's
-
-    def store(w):  # -> (tf.Variable, per-row scale or None), as the generator holds them (not constants)
-        if weights == "float32":
-            return (w if isinstance(w, tf.Variable) else tf.Variable(w, trainable=False)), None
-        w = np.asarray(w)
-        scale = np.abs(w).max(axis=1) / 127 + 1e-12 if weights == "int8" else np.ones(w.shape[0], np.float32)
-        q = np.round(w / scale[:, None]).astype(np.int8) if weights == "int8" else tf.cast(w, weights)
-        return tf.Variable(q, trainable=False), tf.Variable(scale.astype(np.float32), trainable=False)
-
-    stored = [[store(w) for w in group] for group in groups]
+    scopes = [f"model/{h}/{scope}" for h in layers for scope in CONV1D_SCOPES]
+    products = []  # (input width, fn(h, one) -> output), in the order a decode step runs them
+    if "model/wte/panels" in params:  # the native kernel's layout: one custom call per product
+        threads = cpu_threads()
+        heads = [(params[f"{s}/panels"], params[f"{s}/panels"].shape[0] * native.PANEL) for s in scopes]
+        for panels, n in heads + [(params["model/wte/panels"], SHAPE["n_vocab"])]:
+            products.append((panels.shape[1], lambda h, one, p=panels, n=n: native.panel_matmul(h, p, n, threads)))
+    else:
+        groups = [weight_blocks(params, s) for s in scopes] + [[params["model/wte"]]]  # row blocks per product
+        for group in groups:
+            stored = [_store(w, weights) for w in group]
+            products.append((group[0].shape[1], lambda h, one, stored=stored: _blocks_product(h, one, stored)))
 
     @tf.function(jit_compile=True)
     def loop(x):  # x [B, E + 1]
         def step(i, x):
             one = tf.cast(i >= 0, tf.float32)  # 1.0 that XLA cannot prove constant
             h = x
-            for group in stored:  # each input is the previous output, cut or zero-padded
-                width = group[0][0].shape[1]
+            for width, product in products:  # each input is the previous output, cut or zero-padded
                 h = h[:, :width] if h.shape[1] >= width else tf.pad(h, [[0, 0], [0, width - h.shape[1]]])
-                outs = []
-                for w, scale in group:
-                    if scale is None:
-                        outs.append(tf.matmul(h, w, transpose_b=True) * 1e-3)
-                    else:
-                        outs.append(tf.matmul(h, tf.cast(w, tf.float32) * one, transpose_b=True) * scale * 1e-3)
-                h = tf.concat(outs, axis=1) if len(outs) > 1 else outs[0]
+                h = product(h, one) * 1e-3
             return i + 1, x + h[:, : x.shape[1]]
 
         return tf.while_loop(lambda i, x: i < NEW_TOKENS - 1, step, (0, x))[1]
 
     def run(ids):
-        loop(tf.ones([len(ids), groups[0][0].shape[1]])).numpy()
+        loop(tf.ones([len(ids), products[0][0]])).numpy()
         return np.zeros((len(ids), PROMPT_LEN + NEW_TOKENS), np.int32)  # the shape every contender returns
 
     return run
+
+
+def _store(w, weights):
+    """-> (tf.Variable, per-row scale or None), held as the generator holds weights (not constants)."""
+    import tensorflow as tf
+
+    if weights == "float32":
+        return (w if isinstance(w, tf.Variable) else tf.Variable(w, trainable=False)), None
+    w = np.asarray(w)
+    scale = np.abs(w).max(axis=1) / 127 + 1e-12 if weights == "int8" else np.ones(w.shape[0], np.float32)
+    q = np.round(w / scale[:, None]).astype(np.int8) if weights == "int8" else tf.cast(w, weights)
+    return tf.Variable(q, trainable=False), tf.Variable(scale.astype(np.float32), trainable=False)
+
+
+def _blocks_product(h, one, stored):
+    import tensorflow as tf
+
+    outs = []
+    for w, scale in stored:
+        if scale is None:
+            outs.append(tf.matmul(h, w, transpose_b=True))
+        else:
+            outs.append(tf.matmul(h, tf.cast(w, tf.float32) * one, transpose_b=True) * scale)
+    return tf.concat(outs, axis=1) if len(outs) > 1 else outs[0]
 
 
 def measure(contenders, batch, rounds, slow_rounds):
@@ -194,7 +220,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5, help="timed runs per contender (median reported)")
     parser.add_argument("--eager_rounds", type=int, default=3, help="timed runs of the slow eager HF TF path")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "floor", "torch", "tf_eager", "tf_xla"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "floor", "xla_dot", "torch", "tf_eager", "tf_xla"])
     args = parser.parse_args(argv)
 
     import tensorflow as tf

@@ -7,8 +7,10 @@ collects them, and this script sums them by kind, per decode step:
 
     python benchmarks/profile_generation.py --batch 1 8
 
-Kernel names are XLA's: `MatMul*` (ours, in the HLO: weight matrix products; `dot*` at batch 1,
-where XLA rewrites them as matrix-vector products) and `dot*` with a batch of B * H (attention).
+Kernels are told apart by XLA's optimized HLO: custom calls (the weight products in cngpt_tf's
+native kernel, see `cngpt_tf.native`), or without it `MatMul*` (weight matrix products; `dot*` at
+batch 1, where XLA rewrites them as matrix-vector products), and `dot*` with a batch of B * H
+(attention).
 The profiler itself adds some time, and independent kernels (e.g. the row blocks of one weight, see
 `cngpt_tf.model.row_blocks`) may run at the same time on different threads, so the per-step sums
 can exceed the wall time: compare the shares, not the absolute numbers, with the benchmark.
@@ -64,7 +66,7 @@ def kernel_times(logdir: str) -> tuple[float, dict[str, float]]:
 
 def categorize(name: str, batch: int, n_head: int, shapes: dict[str, str]) -> str:
     shape = shapes.get(name, "")
-    if not name.startswith(("MatMul", "dot")):
+    if not (name.startswith(("MatMul", "dot")) or shape.endswith(" custom-call")):
         return "everything else (norms, softmax, cache writes, sampling)"
     if shape.startswith(f"f32[{batch * n_head},"):
         return "attention matmuls (reading the K/V cache)"
@@ -95,9 +97,9 @@ def profile(batch: int) -> None:
     for path in glob.glob(f"{dump}/*after_optimizations.txt"):
         with open(path, encoding="utf-8") as f:
             for line in f:
-                m = re.match(r"\s*(?:ROOT )?%(\S+) = \(?(\w+\[[^\]]*\])", line)
-                if m:
-                    shapes[m.group(1)] = m.group(2)
+                m = re.match(r"\s*(?:ROOT )?%(\S+) = \(?(\w+\[[^\]]*\])\S* ([\w-]+)\(", line)
+                if m:  # name -> "shape opcode", e.g. "f32[8,2304] custom-call"
+                    shapes[m.group(1)] = f"{m.group(2)} {m.group(3)}"
     totals = collections.Counter()
     for name, seconds in kernels.items():
         name = re.sub(r"\.0$", "", name)

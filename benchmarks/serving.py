@@ -1,6 +1,10 @@
 """SavedModel serving: export time of all signatures, and `serving_default` latency loaded from disk
 against the in-process Python generator (`cngpt_tf.pipeline`), both measured in this run.
 
+The SavedModel runs XLA's dot (TF Serving has no cngpt_tf kernel), so it is compared with the
+pipeline on XLA's dot (`native_kernel=False`), the same computation; the last column is the pipeline
+with the native kernel (`cngpt_tf.native`, where it runs), for reference.
+
 A random-init model with the real GPT-12L-CN shape; greedy, 32 new tokens (both sides produce the
 same text). Requests alternate between the two sides; medians of --rounds runs.
 
@@ -43,7 +47,7 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from cngpt_tf import pipeline
+    from cngpt_tf import Generator, native, pipeline
     from converters.pt2tf import convert
     from converters.saved_model import GenerationSettings
 
@@ -54,7 +58,8 @@ def main(argv=None):
         export_s = report["seconds"]["saved_model"]
         served = tf.saved_model.load(str(Path(tmp) / "out" / "saved_model" / "1"))
         serve = served.signatures["serving_default"]
-        gen = pipeline("text-generation", str(Path(tmp) / "out"))
+        gen = pipeline("text-generation", Generator.from_pretrained(Path(tmp) / "out", native_kernel=False))
+        fast = pipeline("text-generation", Generator.from_pretrained(Path(tmp) / "out")) if native.enabled() else None
 
         rows = []
         for batch in (1, 8):
@@ -67,21 +72,26 @@ def main(argv=None):
             theirs = [r[0]["generated_text"] for r in gen(prompts, max_new_tokens=args.new_tokens)]
             first_python = time.perf_counter() - start
             same = ours == theirs
-            saved, python = [], []
-            for _ in range(args.rounds):  # alternate, so noise hits both sides alike
+            if fast is not None:
+                same = same and [r[0]["generated_text"] for r in fast(prompts, max_new_tokens=args.new_tokens)] == ours
+            saved, python, kernel = [], [], []
+            for _ in range(args.rounds):  # alternate, so noise hits all sides alike
                 saved.append(timed(lambda: serve(text=text)["generated_text"].numpy(), 1))
                 python.append(timed(lambda: gen(prompts, max_new_tokens=args.new_tokens), 1))
+                if fast is not None:
+                    kernel.append(timed(lambda: fast(prompts, max_new_tokens=args.new_tokens), 1))
             s, p = statistics.median(saved), statistics.median(python)
-            rows.append((batch, first_saved, s, first_python, p, (s - p) / p * 100, same))
+            k = statistics.median(kernel) if kernel else float("nan")
+            rows.append((batch, first_saved, s, first_python, p, (s - p) / p * 100, same, k))
 
     print(f"model: 12 layers, n_embd 768, vocab 21128 (random init); greedy, {args.new_tokens} new tokens; "
           f"{os.cpu_count()} CPUs")
     print(f"export of all SavedModel signatures (logits, generate_ids, serving_default + warmup): {export_s:.1f} s")
-    print("| batch | SavedModel first s | SavedModel median s | pipeline first s | pipeline median s | "
-          "SavedModel vs pipeline | same text |")
-    print("|---|---|---|---|---|---|---|")
-    for b, fs, s, fp, p, d, same in rows:
-        print(f"| {b} | {fs:.2f} | {s:.3f} | {fp:.2f} | {p:.3f} | {d:+.1f}% | {same} |")
+    print("| batch | SavedModel first s | SavedModel median s | pipeline (XLA dot) first s | "
+          "pipeline (XLA dot) median s | SavedModel vs pipeline | same text | pipeline (native kernel) median s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for b, fs, s, fp, p, d, same, k in rows:
+        print(f"| {b} | {fs:.2f} | {s:.3f} | {fp:.2f} | {p:.3f} | {d:+.1f}% | {same} | {k:.3f} |")
 
 
 if __name__ == "__main__":
