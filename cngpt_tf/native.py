@@ -80,6 +80,8 @@ def panel_matmul(x, panels, n: int, threads: int):
     from tensorflow.compiler.tf2xla.python import xla
 
     rows, depth = x.shape
+    if rows is None:
+        raise ValueError("panel_matmul: the number of rows must be known when tracing (XLA shapes are static)")
     if panels.shape[1] != depth or panels.shape[0] * PANEL < n:
         raise ValueError(f"panel_matmul: x {x.shape} does not fit panels {panels.shape} for {n} columns")
     config = f"{rows} {depth} {n} {threads}"
