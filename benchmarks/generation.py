@@ -120,8 +120,8 @@ def matmul_floor(params, weights: str = "float32"):
     products = []  # (input width, fn(h, one) -> output), in the order a decode step runs them
     if "model/wte/panels" in params:  # the native kernel's layout: one custom call per product
         threads = cpu_threads()
-        heads = [(params[f"{s}/panels"], params[f"{s}/panels"].shape[0] * native.PANEL) for s in scopes]
-        for panels, n in heads + [(params["model/wte/panels"], SHAPE["n_vocab"])]:
+        convs = [(params[f"{s}/panels"], params[f"{s}/panels"].shape[0] * native.PANEL) for s in scopes]
+        for panels, n in convs + [(params["model/wte/panels"], SHAPE["n_vocab"])]:
             products.append((panels.shape[1], lambda h, one, p=panels, n=n: native.panel_matmul(h, p, n, threads)))
     else:
         groups = [weight_blocks(params, s) for s in scopes] + [[params["model/wte"]]]  # row blocks per product
