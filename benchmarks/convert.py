@@ -38,7 +38,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports ten
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_VOCAB = ROOT.parent / "shared" / "data" / "bert_chinese_vocab.txt"
+REAL_VOCAB = ROOT / "tests" / "data" / "bert_chinese_vocab.txt"
 SHAPE = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
 N_VOCAB = 21128
 MIB = 2**20
@@ -121,11 +121,8 @@ class StageMeter:
 
 
 def vocab_tokens() -> list[str]:
-    if REAL_VOCAB.is_file():
-        tokens = REAL_VOCAB.read_text(encoding="utf-8").split("\n")
-        return tokens[:-1] if tokens[-1] == "" else tokens
-    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    return tokens + [chr(c) for c in range(0x4E00, 0x4E00 + N_VOCAB - len(tokens))]
+    tokens = REAL_VOCAB.read_text(encoding="utf-8").split("\n")
+    return tokens[:-1] if tokens[-1] == "" else tokens
 
 
 def build_model(folder: Path) -> float:

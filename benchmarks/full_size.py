@@ -1,7 +1,6 @@
 """The benchmarks' model: a random-init Chinese GPT-2 with GPT-12L-CN's shape, written as a release is.
 
-12 layers, n_embd 768, 12 heads, 1024 positions; the real 21128-token vocab when ../shared/data has
-it, else the demo vocab padded to 21128 (more CJK characters first, then `[extraN]` tokens).
+12 layers, n_embd 768, 12 heads, 1024 positions, the real 21128-token BERT Chinese vocab (tests/data).
 Weights are GPT-2's init with a fixed seed, in torch's format (written without torch).
 """
 
@@ -11,20 +10,13 @@ from pathlib import Path
 
 from cngpt_tf.config import GPT2Config, write_json
 from cngpt_tf.formats.pytorch import write_pytorch
-from converters.demo import demo_vocab, demo_weights
+from converters.demo import demo_weights
 
-SHARED_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "bert_chinese_vocab.txt"
-N_VOCAB = 21128
+REAL_VOCAB = Path(__file__).resolve().parents[1] / "tests" / "data" / "bert_chinese_vocab.txt"
 
 
-def bench_vocab(must_have: str = "") -> list[str]:
-    if SHARED_VOCAB.is_file():
-        return SHARED_VOCAB.read_text(encoding="utf-8").split("\n")[:-1]
-    vocab = demo_vocab()
-    have = set(vocab)
-    more = [c for c in dict.fromkeys(must_have + "".join(map(chr, range(0x4E00, 0x9FA6)))) if c not in have][:5000]
-    vocab += more
-    return vocab + [f"[extra{i}]" for i in range(N_VOCAB - len(vocab))]
+def bench_vocab() -> list[str]:
+    return REAL_VOCAB.read_text(encoding="utf-8").split("\n")[:-1]
 
 
 def make_model(folder: Path, vocab: list[str] | None = None) -> Path:

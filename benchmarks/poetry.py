@@ -2,7 +2,7 @@
 number of new tokens, measured in one run.
 
 A random-init model with the real GPT-12L-CN shape (12 layers, n_embd 768, 12 heads, vocab 21128;
-the real vocab when ../shared/data has it), built as benchmarks/serving.py builds it, converted to
+the real vocab of tests/data), built as benchmarks/serving.py builds it, converted to
 tf2 and loaded with `Generator.from_pretrained`. A 七言绝句 with
 acrostic "春夏秋冬" and rhyme="auto" is 33 new tokens (4 lines x (7 characters + punctuation) +
 [SEP]); the unconstrained side generates exactly 33 tokens after the same prompt ids (min_new_tokens),
@@ -32,7 +32,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.full_size import SHARED_VOCAB, bench_vocab, make_model  # noqa: E402
+from benchmarks.full_size import bench_vocab, make_model  # noqa: E402
 
 FORM, ACROSTIC, RHYME, TOP_K = "七言绝句", "春夏秋冬", "auto", 8
 NEW_TOKENS = 4 * (7 + 1) + 1  # 33
@@ -61,7 +61,7 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        src = make_model(Path(tmp) / "model", bench_vocab(ACROSTIC))
+        src = make_model(Path(tmp) / "model", bench_vocab())
         convert(str(src), Path(tmp) / "out", formats=("tf2",), progress=False)
         gen = Generator.from_pretrained(Path(tmp) / "out")
         build_s = time.perf_counter() - start
@@ -109,8 +109,7 @@ def main(argv=None):
             print(f"  batch {batch}: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         rows.append((batch, first, {name: statistics.median(t) for name, t in times.items()}))
 
-    vocab_name = "real vocab" if SHARED_VOCAB.is_file() else "generated vocab"
-    print(f"model: 12 layers, n_embd 768, 12 heads, vocab 21128 ({vocab_name}), random init; {FORM} "
+    print(f"model: 12 layers, n_embd 768, 12 heads, vocab 21128 (real BERT vocab), random init; {FORM} "
           f"acrostic {ACROSTIC} rhyme={RHYME}: {NEW_TOKENS} new tokens, top_k={TOP_K}; {os.cpu_count()} CPUs; "
           f"median of {args.rounds}; model build + conversion {build_s:.0f} s")
     print("| batch | generate_ids tok/s | poem() tok/s | poem() overhead | poem loop tok/s | loop overhead | "

@@ -1,7 +1,8 @@
 """Shared fixtures: tiny GPT-2 checkpoints made by torch with a fixed seed, and their conversions.
 
 Nothing is downloaded. The tiny model (2 layers, n_embd 64) uses a generated BERT-style Chinese
-vocab; `../shared/data/` (the real 21128-token vocab and corpus) is used when present.
+vocab; tests that need real data read `tests/data/` (the 21128-token BERT vocab, a corpus sample, the
+Tang poems), which ships with the repo.
 """
 
 from __future__ import annotations
@@ -13,12 +14,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub (none is reachable here)
 
 import logging  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Hypothesis keeps its example database and caches in ./.hypothesis/ by default, i.e. in the checkout:
+# keep them in the temp folder instead (the environment variable also reaches subprocesses).
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "cngpt_tf-hypothesis"))
+try:
+    from hypothesis.configuration import set_hypothesis_home_dir
+except ImportError:  # hypothesis is a test extra; the tests that need it import it themselves
+    pass
+else:  # in case hypothesis resolved its folder before this file was read
+    set_hypothesis_home_dir(os.environ["HYPOTHESIS_STORAGE_DIRECTORY"])
+
+DATA = Path(__file__).resolve().parent / "data"  # real vocab, corpus and poems: see data/README.md
 TINY = dict(n_positions=64, n_embd=64, n_layer=2, n_head=4)
 
 
@@ -40,10 +52,9 @@ def _drop_cli_log_handler():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not (SHARED_DATA / "bert_chinese_vocab.txt").is_file():
-        pytest.skip(f"{SHARED_DATA} is absent (a fresh clone has no shared data)")
-    return SHARED_DATA
+def data_dir() -> Path:
+    """tests/data: the real BERT Chinese vocab, the CLUE corpus sample and the Tang poems."""
+    return DATA
 
 
 def write_torch_model(folder: Path, vocab: list[str], seed: int = 0, safetensors: bool = False, **shape) -> Path:

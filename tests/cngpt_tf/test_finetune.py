@@ -1,8 +1,7 @@
 """Keras fine-tuning: data packing, the masked loss, learning, export, resume, and the CLI's errors.
 
 The model is the `converted` fixture's tiny GPT-2 (2 layers, n_embd 64, n_positions 64, the
-generated demo vocab). The corpus is the first 400 lines of `../shared/data/clue_corpus_small_sample.txt`
-when present, otherwise repeated sentences generated from the vocab's characters: never skipped.
+generated demo vocab). The corpus is the first 400 lines of `tests/data/clue_corpus_small_sample.txt`.
 """
 
 from __future__ import annotations
@@ -15,22 +14,15 @@ import pytest
 from cngpt_tf.finetune import IGNORE_INDEX, _pack, causal_lm_loss, finetune, main, text_dataset
 from cngpt_tf.errors import OutputExistsError
 from cngpt_tf.tokenizer import ChineseTokenizer
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
 TINY = dict(block_size=32, batch_size=8, learning_rate=1e-3, warmup_steps=30, verbose=0)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, tiny_vocab):
+def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    sample = SHARED_DATA / "clue_corpus_small_sample.txt"
-    if sample.is_file():
-        lines = sample.read_text(encoding="utf-8").splitlines()[:400]
-    else:  # repeated sentences of vocab characters: learnable, so perplexity must fall
-        rng = np.random.default_rng(0)
-        cjk = [t for t in tiny_vocab if len(t) == 1 and "\u4e00" <= t <= "\u9fff"][:300]
-        sentences = ["".join(rng.choice(cjk, rng.integers(6, 14))) + rng.choice(["，", "。"]) for _ in range(40)]
-        lines = ["".join(rng.choice(sentences, rng.integers(3, 8))) for _ in range(400)]
+    lines = (DATA / "clue_corpus_small_sample.txt").read_text(encoding="utf-8").split("\n")[:400]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

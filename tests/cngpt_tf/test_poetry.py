@@ -223,11 +223,11 @@ def test_greedy_equals_reference(gen, hf, vocab, prompt, form, acrostic, rhyme):
 # ----- the real 21128-token vocab ---------------------------------------------------------------------
 
 
-def test_real_vocab_regulated_verse(shared_data, tmp_path):
+def test_real_vocab_regulated_verse(data_dir, tmp_path):
     from cngpt_tf.generator import Generator
     from converters.pt2tf import convert
 
-    tokens = (shared_data / "bert_chinese_vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    tokens = (data_dir / "bert_chinese_vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(tokens) == 21128
     write_torch_model(tmp_path / "model", tokens, n_positions=128)
     convert(str(tmp_path / "model"), tmp_path / "out", formats=("tf2",), progress=False)

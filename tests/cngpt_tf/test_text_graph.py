@@ -1,7 +1,7 @@
 """TextGraph: in-graph encode/decode equal HF BertTokenizer / ChineseTokenizer, and survive a SavedModel.
 
 Unit tests use a tiny vocab written here; the parity tests use the real BERT Chinese vocab and the
-CLUE sample in `../shared/data/` (beside the repo root) and skip when it is absent.
+CLUE sample in `tests/data/`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from cngpt_tf.text_graph import TextGraph
 from cngpt_tf.tokenizer import ChineseTokenizer
 from cngpt_tf.vocab import read_vocab
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-VOCAB_FILE = SHARED_DATA / "bert_chinese_vocab.txt"
-CORPUS_FILE = SHARED_DATA / "clue_corpus_small_sample.txt"
+DATA = Path(__file__).resolve().parents[1] / "data"
+VOCAB_FILE = DATA / "bert_chinese_vocab.txt"
+CORPUS_FILE = DATA / "clue_corpus_small_sample.txt"
 TINY_VOCAB = (["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("明月几时有，。!,")
               + ["hello", "world", "un", "##aff", "##able", "##s", "12", "##月"])
 NO_LIMIT = 1 << 30
-needs_data = pytest.mark.skipif(not (VOCAB_FILE.is_file() and CORPUS_FILE.is_file()),
-                                reason=f"test data not found in {SHARED_DATA}")
 
 
 def rows(graph, texts, max_tokens=NO_LIMIT):
@@ -152,14 +150,12 @@ def corpus_ids(graph, hf):
     return lines, got
 
 
-@needs_data
 def test_corpus_ids_equal_hf(corpus_ids, hf):
     lines, got = corpus_ids
     bad = [i for i, (line, ids) in enumerate(zip(lines, got)) if ids != hf_ids(hf, line)]
     assert not bad, f"{len(bad)} lines differ, first {bad[:5]}"
 
 
-@needs_data
 def test_corpus_decode_equals_chinese_tokenizer(corpus_ids, graph, tok):
     _, got = corpus_ids
     for i in range(0, len(got), 500):
@@ -191,14 +187,12 @@ _pieces = [
 adversarial = st.lists(st.one_of(_pieces), max_size=10).map("".join)
 
 
-@needs_data
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(adversarial, min_size=1, max_size=3))
 def test_adversarial_ids_equal_hf(graph, hf, texts):
     assert rows(graph, texts) == [hf_ids(hf, t) for t in texts]
 
 
-@needs_data
 def test_random_ids_decode_equals_chinese_tokenizer(vocab, graph, tok):
     rng = np.random.default_rng(0)
     cont = [i for i, t in enumerate(vocab) if t.startswith("##") and len(t) > 2]
@@ -209,7 +203,6 @@ def test_random_ids_decode_equals_chinese_tokenizer(vocab, graph, tok):
         assert decoded(graph, batch, tok.eos_token_id) == [tok.decode(r) for r in batch]
 
 
-@needs_data
 def test_savedmodel_without_tensorflow_text_or_transformers(graph, tmp_path):
     texts = ["明月几时有，把酒问青天。", "Hello WORLD [CLS] é😀", "", "\xff\xfe abc"]
     raw = [t.encode("latin-1") if t.startswith("\xff") else t.encode() for t in texts]
@@ -234,7 +227,6 @@ def test_savedmodel_without_tensorflow_text_or_transformers(graph, tmp_path):
     assert expected[2] == ["酒问青天。", "hello world[UNK]", "", "abc"]  # é😀 is one word
 
 
-@needs_data
 def test_no_lower_case_matches_hf_without_combining_sequences(vocab):
     from transformers import BertTokenizer
 

@@ -1,13 +1,12 @@
 """ChineseTokenizer: HF-identical ids, `[CLS]`-first prompts, clean decoding, the normalise() contract.
 
 Unit tests use a tiny vocab written here; the parity and round-trip tests use the real BERT Chinese
-vocabs and the CLUE sample in `../shared/data/` (beside the repo root) and skip when it is absent.
+vocabs and the CLUE sample in `tests/data/`.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from cngpt_tf.errors import ConfigError, VocabError
 from cngpt_tf.tokenizer import ChineseTokenizer, is_cjk
 from cngpt_tf.vocab import read_vocab
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 TINY_SPECIALS = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TINY_CJK = list("明月几时有把酒问青天我欲乘风归去又恐琼楼玉宇高处不胜寒起舞弄清影何似在人间你好中文")
 TINY_REST = list("，。！？,.") + ["hello", "world", "iphone", "12", "un", "##aff", "##able", "##s", "##文"]
@@ -140,18 +138,11 @@ def test_from_pretrained_reads_config(tiny_dir, tmp_path):
         ChineseTokenizer.from_pretrained(tmp_path / "missing")
 
 
-# ---- real vocab and corpus (skipped without ../shared/data) ----
+# ---- real vocab and corpus (tests/data) ----
 
 @pytest.fixture(scope="module")
-def shared_data():
-    if not (SHARED_DATA / "bert_chinese_vocab.txt").is_file():
-        pytest.skip(f"{SHARED_DATA} is absent (a fresh clone has no shared data)")
-    return SHARED_DATA
-
-
-@pytest.fixture(scope="module")
-def real_vocab(shared_data):
-    return shared_data / "bert_chinese_vocab.txt"
+def real_vocab(data_dir):
+    return data_dir / "bert_chinese_vocab.txt"
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +151,8 @@ def real_tok(real_vocab):
 
 
 @pytest.fixture(scope="module")
-def corpus(shared_data):
-    lines = (shared_data / "clue_corpus_small_sample.txt").read_text(encoding="utf-8").split("\n")
+def corpus(data_dir):
+    lines = (data_dir / "clue_corpus_small_sample.txt").read_text(encoding="utf-8").split("\n")
     lines = [line for line in lines if line]
     assert len(lines) == 2500
     return lines
@@ -172,9 +163,9 @@ def corpus_ids(real_tok, corpus):
     return real_tok.encode_batch(corpus)
 
 
-def test_real_vocab_sizes_and_u2028(shared_data):
+def test_real_vocab_sizes_and_u2028(data_dir):
     for name, size in [("bert_chinese_vocab.txt", 21128), ("bert_chinese_poem_vocab.txt", 22557)]:
-        tok = ChineseTokenizer(shared_data / name)
+        tok = ChineseTokenizer(data_dir / name)
         assert tok.vocab_size == size
         assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id) == (0, 100, 101, 102)
         assert tok._tokens[343] == "\u2028" and tok.decode([343]) == "\u2028"

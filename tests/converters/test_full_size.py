@@ -7,21 +7,16 @@ import json
 
 import pytest
 
-from tests.conftest import SHARED_DATA, write_torch_model
+from tests.conftest import DATA, write_torch_model
 
 FULL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
 N_VOCAB = 21128
 
 
 def full_vocab() -> list[str]:
-    """The real BERT Chinese vocab when `../shared/data` is there, else 21128 tokens in its layout."""
-    real = SHARED_DATA / "bert_chinese_vocab.txt"
-    if real.is_file():
-        tokens = real.read_text(encoding="utf-8").split("\n")
-        return tokens[:-1] if tokens[-1] == "" else tokens
-    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += [chr(c) for c in range(0x4E00, 0x4E00 + N_VOCAB - len(tokens))]
-    return tokens
+    """The real BERT Chinese vocab (tests/data), as GPT-12L-CN ships it."""
+    tokens = (DATA / "bert_chinese_vocab.txt").read_text(encoding="utf-8").split("\n")
+    return tokens[:-1] if tokens[-1] == "" else tokens
 
 
 @pytest.mark.slow
