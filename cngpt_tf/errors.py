@@ -5,6 +5,49 @@ a non-zero exit code. Each subclasses the built-in error it refines, so callers 
 `ValueError` / `OSError` keep working.
 """
 
+import itertools
+import reprlib
+
+
+class _BoundedRepr(reprlib.Repr):
+    """reprlib with small limits, no sorting (reprlib sorts a whole dict or set), and objects it has
+    no rule for shown by type name: the builtin repr of a structure of shared references takes
+    exponential time, and that of a big int quadratic time."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother, self.maxlong = 3, 60, 40, 40
+        self.maxtuple = self.maxlist = self.maxdict = 4
+
+    def repr_int(self, x, level):
+        return repr(x) if x.bit_length() <= 128 else f"<int of {x.bit_length()} bits>"
+
+    def repr_dict(self, x, level):
+        if level <= 0 and x:
+            return "{...}"
+        items = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                 for k, v in itertools.islice(x.items(), self.maxdict)]
+        return "{" + ", ".join(items + ["..."] * (len(x) > self.maxdict)) + "}"
+
+    def repr_instance(self, x, level):
+        return repr(x) if type(x) in (float, bool, type(None)) else f"<{type(x).__name__}>"
+
+    repr_set = repr_frozenset = repr_instance
+
+
+_REPR = _BoundedRepr()
+
+
+def short_repr(value, limit: int = 100) -> str:
+    """A one-line repr of at most ~`limit` characters, made in bounded time, for messages built from
+    untrusted data (a config value, a tensor name, a pickle's persistent id, a user's argument):
+    it never builds the full repr of a long string, a big int or a deep or shared structure first."""
+    try:
+        text = " ".join(_REPR.repr(value).split())
+    except Exception:  # noqa: BLE001  (a message must never fail)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class CngptError(Exception):
     """Base class of every error this project raises on purpose."""

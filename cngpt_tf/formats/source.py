@@ -1,7 +1,9 @@
 """Resolve a model SRC (folder, .zip, URL of a .zip, or hub id) to a local folder of model files.
 
 Every converter starts here, so it gets config.json, vocab.txt and the weights the same way whatever
-the user gave. Zips are checked member by member before anything is written.
+the user gave. Zips are checked member by member before anything is written, and each member
+is capped: small limits for config.json and vocab.txt, and for the weights what config.json's sizes
+allow, checked on the sizes the zip declares and again while copying (a header can lie).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import contextlib
 import dataclasses
 import hashlib
 import http.client
+import io
+import json
 import logging
 import os
 import posixpath
@@ -39,6 +43,9 @@ OPTIONAL_NAMES = ("tokenizer_config.json", "special_tokens_map.json")
 HUB_PATTERNS = ["config.json", "vocab.txt", *WEIGHT_NAMES, *OPTIONAL_NAMES]
 # Zip-bomb guard: real GPT-2 checkpoints are a few GiB; claiming more means hostile or broken.
 MAX_UNPACKED_BYTES = 20 * 2**30
+# What each small member may unpack to; the weights' limit comes from config.json (_weights_limit).
+MEMBER_LIMITS = {"config.json": 1 << 20, "vocab.txt": 16 << 20,
+                 "tokenizer_config.json": 1 << 20, "special_tokens_map.json": 1 << 20}
 HTTP_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
 # `name` or `owner/name` as the hub spells them. `owner/name` contains os.sep on POSIX, so a missing
@@ -71,8 +78,11 @@ def open_source(src: str | Path, *, cache_dir: str | Path | None = None,
     SourceError (cannot find or fetch), UnsafeArchiveError (hostile zip), CheckpointError (corrupt).
     """
     src = str(src)
-    is_url = src.startswith(("http://", "https://"))
-    path = _download(src, cache_dir, progress) if is_url else Path(src).expanduser()
+    if src.startswith(("http://", "https://")):
+        with _open_url(src, cache_dir, progress) as files:
+            yield files
+        return
+    path = Path(src).expanduser()
     if path.is_dir():
         yield _files_in_folder(path, src)
     elif path.is_file():
@@ -126,9 +136,10 @@ def _open_zip(path: Path, origin: str) -> Iterator[ModelFiles]:
     try:
         with zf:
             wanted = _wanted_members(path, _checked_members(path, zf))  # every check before a write
+            limits = _member_limits(path, zf, wanted)
             tmp = Path(tempfile.mkdtemp(prefix="cngpt_src_"))
             log.info("%s: extracting %s into %s", path, ", ".join(n for _, n in wanted), tmp)
-            _extract(path, zf, wanted, tmp)
+            _extract(path, zf, wanted, tmp, limits)
         members = {name: f"{path}:{info.filename}" for info, name in wanted}
         try:
             yield dataclasses.replace(_files_in_folder(tmp, origin), members=members)
@@ -179,27 +190,98 @@ def _wanted_members(path: Path, members: dict[str, ZipInfo]) -> list[tuple[ZipIn
     return [(here[n], n) for n in names]
 
 
-def _extract(path: Path, zf: zipfile.ZipFile, wanted: list[tuple[ZipInfo, str]], tmp: Path) -> None:
+def _member_limits(path: Path, zf: zipfile.ZipFile, wanted: list[tuple[ZipInfo, str]]) -> dict[str, int]:
+    """Each wanted member's size limit, checked against the size the zip declares for it. The small
+    members are checked first; then config.json, read into memory, gives the weights' limit."""
+    limits = dict(MEMBER_LIMITS)
+    _check_declared(path, wanted, limits)
+    config = io.BytesIO()
+    _copy_member(path, zf, wanted[0][0], config, limits["config.json"])  # wanted[0]: config.json
+    weight = next(name for _, name in wanted if name in WEIGHT_NAMES)
+    limits[weight] = _weights_limit(config.getvalue())
+    _check_declared(path, wanted, limits)
+    return limits
+
+
+def _check_declared(path: Path, wanted: list[tuple[ZipInfo, str]], limits: dict[str, int]) -> None:
+    for info, name in wanted:
+        if name in limits and info.file_size > limits[name]:
+            raise UnsafeArchiveError(f"{path}: member '{info.filename}' would unpack to "
+                                     f"{info.file_size} bytes, over the {limits[name]}-byte limit for {name}")
+
+
+def _weights_limit(config: bytes) -> int:
+    """The most bytes weights of the sizes in `config` can take: 8 (float64) for each parameter and
+    for an untied lm_head, 4 for each element of the causal masks older checkpoints saved, and 16 MiB
+    for the pickle and padding. MAX_UNPACKED_BYTES when a size is missing or odd: the config's
+    reader reports that, with a better message than a limit could."""
+    try:
+        d = json.loads(config)
+        vocab, embd, layers = d["vocab_size"], d["n_embd"], d["n_layer"]
+        positions = d.get("n_positions", d.get("n_ctx"))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return MAX_UNPACKED_BYTES
+    if not all(type(v) is int and v > 0 for v in (vocab, embd, layers, positions)):
+        return MAX_UNPACKED_BYTES
+    params = (2 * vocab + positions) * embd + layers * (12 * embd * embd + 13 * embd) + 2 * embd
+    return min(MAX_UNPACKED_BYTES, 8 * params + 4 * layers * positions**2 + (16 << 20))
+
+
+def _extract(path: Path, zf: zipfile.ZipFile, wanted: list[tuple[ZipInfo, str]], tmp: Path,
+             limits: dict[str, int]) -> None:
     # Output names are our fixed basenames, never the member path, so nothing can land outside tmp.
     for info, name in wanted:
         try:
-            with zf.open(info) as src, open(tmp / name, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)  # streamed: weight files are GiBs
-        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
-            # BadZipFile covers a CRC mismatch, RuntimeError an encrypted member.
-            raise CheckpointError(f"{path}: member '{info.filename}': {_one_line(e)}") from e
+            with open(tmp / name, "wb") as dst:
+                _copy_member(path, zf, info, dst, limits.get(name, MAX_UNPACKED_BYTES))
         except OSError as e:  # our side (disk full, permissions), not the archive's fault
             raise SourceError(f"{path}: cannot write {tmp / name}: {_one_line(e)}") from e
 
 
-def _download(url: str, cache_dir: str | Path | None, progress: bool) -> Path:
-    """Return the cached copy of `url`, downloading it first unless a complete copy is there."""
+def _copy_member(path: Path, zf: zipfile.ZipFile, info: ZipInfo, dst, limit: int) -> None:
+    """Stream one member into `dst`, counting: past `limit` bytes it stops, whatever the header said."""
+    copied = 0
+    try:
+        with zf.open(info) as src:
+            while chunk := src.read(_CHUNK):  # streamed: weight files are GiBs
+                copied += len(chunk)
+                if copied > limit:
+                    raise UnsafeArchiveError(
+                        f"{path}: member '{info.filename}' unpacks to over {limit} bytes, its limit")
+                dst.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
+        # BadZipFile covers a CRC mismatch, RuntimeError an encrypted member.
+        raise CheckpointError(f"{path}: member '{info.filename}': {_one_line(e)}") from e
+
+
+@contextlib.contextmanager
+def _open_url(url: str, cache_dir: str | Path | None, progress: bool) -> Iterator[ModelFiles]:
+    """`_open_zip` of the download of `url`. A corrupt download never stays cached: a cached copy
+    that fails to read is fetched again once; a fresh one that fails is removed, and the error says so."""
+    path, cached = _download(url, cache_dir, progress)
+    with contextlib.ExitStack() as stack:
+        try:
+            files = stack.enter_context(_open_zip(path, url))
+        except CheckpointError as e:  # the archive or a member is corrupt, not hostile or incomplete
+            path.unlink(missing_ok=True)
+            if not cached:
+                raise CheckpointError(f"{e} (the download from {url} is corrupt; removed from the cache)") from e
+            log.warning("%s: the cached %s is corrupt (%s); downloading it again", url, path, e)
+            path, _ = _download(url, cache_dir, progress)
+            files = stack.enter_context(_open_zip(path, url))
+        yield files
+
+
+def _download(url: str, cache_dir: str | Path | None, progress: bool) -> tuple[Path, bool]:
+    """Return the cached copy of `url` and True, or download it first and return it and False."""
     cache = Path(cache_dir or default_cache_dir())
     base = re.sub(r"[^\w.-]", "_", posixpath.basename(urllib.parse.urlsplit(url).path))
     target = cache / f"{hashlib.sha256(url.encode()).hexdigest()}-{base or 'download.zip'}"
     if target.is_file():  # only ever created by os.replace of a finished, checked download
-        log.info("%s: using cached %s", url, target)
-        return target
+        if zipfile.is_zipfile(target):
+            log.info("%s: using cached %s", url, target)
+            return target, True
+        log.warning("%s: the cached %s is not a zip archive (damaged?); downloading it again", url, target)
     cache.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     log.info("%s: downloading to %s", url, target)
@@ -211,7 +293,7 @@ def _download(url: str, cache_dir: str | Path | None, progress: bool) -> Path:
     except BaseException:
         part.unlink(missing_ok=True)  # never leave a half file behind, also on Ctrl-C
         raise
-    return target
+    return target, False
 
 
 def _fetch(url: str, part: Path, label: str, progress: bool) -> None:

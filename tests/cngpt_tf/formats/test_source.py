@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import logging
 import stat
 import tempfile
@@ -16,6 +17,7 @@ import pytest
 from cngpt_tf.errors import CheckpointError, SourceError, UnsafeArchiveError
 from cngpt_tf.formats import source
 from cngpt_tf.formats.source import ModelFiles, open_source
+from tests.pickle_asm import Member, raw_zip, zip_bomb_member
 
 CONFIG = b'{"n_layer": 1, "n_embd": 8}'
 VOCAB = b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n\xe4\xbd\xa0\n"
@@ -369,3 +371,117 @@ def test_hub_failure(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match=expected):
         with open_source("owner/name"):
             pass
+
+
+# --- member limits --------------------------------------------------------------------------------
+
+
+def _zip_with(tmp_path: Path, *members) -> Path:
+    files = {"m/config.json": CONFIG, "m/vocab.txt": VOCAB, "m/pytorch_model.bin": WEIGHTS}
+    given = {m.name.decode(): m for m in members}
+    return raw_zip(tmp_path / "m.zip", [given.get(n, Member(n, d)) for n, d in files.items()]
+                   + [m for n, m in given.items() if n not in files])
+
+
+@pytest.mark.parametrize("name, mib", [("config.json", 2), ("vocab.txt", 17), ("tokenizer_config.json", 2)])
+def test_small_members_capped_on_declared_size(tmp_path, monkeypatch, name, mib):
+    made = []
+    monkeypatch.setattr(source.tempfile, "mkdtemp", lambda **k: made.append(1) or str(tmp_path))
+    zp = _zip_with(tmp_path, zip_bomb_member(f"m/{name}", mib))
+    limit = source.MEMBER_LIMITS[name]
+    with pytest.raises(UnsafeArchiveError) as e:
+        with open_source(zp):
+            pass
+    assert str(e.value) == (f"{zp}: member 'm/{name}' would unpack to {mib << 20} bytes, "
+                            f"over the {limit}-byte limit for {name}")
+    assert made == []  # refused before anything was written
+
+
+def test_member_cap_enforced_while_copying(tmp_path):
+    """The count, not the header: a member that unpacks past its limit is cut off there."""
+    zp = write_zip(tmp_path / "m.zip", {"config.json": b"x" * 5000})
+    with zipfile.ZipFile(zp) as zf, open(tmp_path / "out", "wb") as out:
+        with pytest.raises(UnsafeArchiveError, match="'config.json' unpacks to over 1000 bytes"):
+            source._copy_member(zp, zf, zf.getinfo("config.json"), out, 1000)
+    assert (tmp_path / "out").stat().st_size <= 1000
+
+
+def test_member_whose_header_understates_its_size(tmp_path):
+    bomb = zip_bomb_member("m/vocab.txt", 64)
+    bomb.size = len(VOCAB)  # the headers claim a few bytes; the stream inflates to 64 MiB
+    with pytest.raises(CheckpointError, match="m/vocab.txt") as e:
+        with open_source(_zip_with(tmp_path, bomb)):
+            pass
+    assert "\n" not in str(e.value)
+
+
+TINY_CONFIG = {"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2}
+
+
+def test_weights_capped_by_what_the_config_describes(tmp_path):
+    config = Member("m/config.json", json.dumps(TINY_CONFIG).encode())
+    limit = source._weights_limit(config.payload)
+    assert 16 << 20 < limit < 17 << 20  # a model of a few KB, plus 16 MiB for pickle and padding
+    over = Member("m/pytorch_model.bin", WEIGHTS, size=limit + 1, crc=0)  # refused on its header
+    with pytest.raises(UnsafeArchiveError, match=f"over the {limit}-byte limit for pytorch_model.bin"):
+        with open_source(_zip_with(tmp_path, config, over)):
+            pass
+    with open_source(_zip_with(tmp_path, config)) as files:  # real weights within the limit
+        assert files.weights.read_bytes() == WEIGHTS
+
+
+@pytest.mark.parametrize("config", [b"{}", b"[1]", b"not json", b'{"vocab_size": "10"}',
+                                    json.dumps({**TINY_CONFIG, "n_layer": True}).encode()])
+def test_weights_limit_falls_back_for_odd_configs(config):
+    assert source._weights_limit(config) == source.MAX_UNPACKED_BYTES
+
+
+def test_weights_limit_holds_real_checkpoints(tiny_pt_dir):
+    """Above the real sizes (by about 3x: the bound allows float64 and an untied lm_head)."""
+    config = (tiny_pt_dir / "config.json").read_bytes()
+    size = (tiny_pt_dir / "pytorch_model.bin").stat().st_size
+    assert size < source._weights_limit(config) - (16 << 20) < 4 * size
+    gpt2 = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12}
+    assert 548_118_077 < source._weights_limit(json.dumps(gpt2).encode()) < 3 * 548_118_077  # HF gpt2's .bin
+
+
+# --- a corrupt download is not kept ---------------------------------------------------------------
+
+
+def _corrupt_member(zp: Path, name: str) -> None:
+    with zipfile.ZipFile(zp) as zf:
+        info = zf.getinfo(name)
+    data = bytearray(zp.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2] ^= 0xFF
+    zp.write_bytes(bytes(data))
+
+
+def test_corrupt_cached_download_is_fetched_again(tmp_path, caplog):
+    www, cache = write_dir(tmp_path / "www", {}), tmp_path / "cache"
+    write_zip(www / "m.zip", model_files(), zipfile.ZIP_STORED)
+    with serve(www) as (base, hits):
+        url = f"{base}/m.zip"
+        with open_source(url, cache_dir=cache, progress=False):
+            pass
+        (cached,) = cache.iterdir()
+        _corrupt_member(cached, "pytorch_model.bin")  # e.g. a bad disk sector: CRC mismatch
+        with caplog.at_level(logging.WARNING, logger=source.__name__):
+            with open_source(url, cache_dir=cache, progress=False) as files:
+                assert_model(files)
+        assert len(hits) == 2 and "corrupt" in caplog.text and str(cached) in caplog.text
+        cached.write_bytes(cached.read_bytes()[:100])  # truncated: not even a zip any more
+        with open_source(url, cache_dir=cache, progress=False) as files:
+            assert_model(files)
+        assert len(hits) == 3 and zipfile.ZipFile(cached).testzip() is None
+
+
+def test_corrupt_download_is_not_kept(tmp_path):
+    www, cache = write_dir(tmp_path / "www", {}), tmp_path / "cache"
+    _corrupt_member(write_zip(www / "m.zip", model_files(), zipfile.ZIP_STORED), "pytorch_model.bin")
+    with serve(www) as (base, hits):
+        for attempt in (1, 2):  # each attempt downloads anew: nothing bad was cached
+            with pytest.raises(CheckpointError, match="is corrupt; removed from the cache") as e:
+                with open_source(f"{base}/m.zip", cache_dir=cache, progress=False):
+                    pass
+            assert len(hits) == attempt and list(cache.iterdir()) == []
+    assert "pytorch_model.bin" in str(e.value) and "\n" not in str(e.value)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cngpt_tf.errors import CheckpointError, UnsafePickleError
+from cngpt_tf.formats import torch_pickle
 from cngpt_tf.formats.torch_pickle import load_state_dict, save_state_dict
 
 torch = pytest.importorskip("torch")
@@ -47,9 +48,9 @@ def _save(obj, path, legacy=False):
     return path
 
 
-def _rewrite_zip(src, dst, edit):
+def _rewrite_zip(src, dst, edit, compression=zipfile.ZIP_STORED):
     """Copy a zip archive, passing each (name, data) through `edit` (None drops the record)."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
         for info in zin.infolist():
             out = edit(info.filename, zin.read(info))
             if out is not None:
@@ -134,6 +135,26 @@ def test_big_endian_byteorder_record(tmp_path):
         return data
 
     _assert_same(load_state_dict(_rewrite_zip(little, tmp_path / "be.bin", to_big)), sd)
+
+
+def test_recompressed_archive_loads(tmp_path, gpt2):
+    """torch stores its records uncompressed, but a zip tool may deflate them: still read."""
+    sd = gpt2.state_dict()
+    stored = _save(sd, tmp_path / "stored.bin")
+    deflated = _rewrite_zip(stored, tmp_path / "deflated.bin", lambda n, d: d, zipfile.ZIP_DEFLATED)
+    _assert_same(load_state_dict(deflated), sd)
+
+
+def test_storage_records_read_only_as_far_as_needed(tmp_path, monkeypatch):
+    big = torch.arange(1_000_000, dtype=torch.float32)
+    path = _save({"head": big[:4], "pair": big[10:12]}, tmp_path / "slices.bin")  # torch keeps all 4 MB
+    asked = []
+    real = torch_pickle._read_record
+    monkeypatch.setattr(torch_pickle, "_read_record",
+                        lambda zf, info, n: asked.append((info.filename.split("/", 1)[1], n)) or real(zf, info, n))
+    got = load_state_dict(path)
+    assert got["head"].tolist() == [0, 1, 2, 3] and got["pair"].tolist() == [10, 11]
+    assert ("data/0", 12 * 4) in asked  # up to the last element any view of it reaches, no further
 
 
 # ---------------------------------------------------------------- writing
