@@ -12,12 +12,25 @@ import json
 import logging
 from pathlib import Path
 
-from .errors import ConfigError
+import numpy as np
+
+from .errors import ConfigError, short_repr
 
 log = logging.getLogger(__name__)
 
 # Activations that equal the tanh approximation of GELU that openai/gpt-2 (and our TF model) uses.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
+
+# Upper bounds on the sizes, far above any GPT-2 released (GPT-2 XL: 48 layers, n_embd 1600, 1024
+# positions, 50257 tokens) so that no config can ask for absurd work. Memory is bounded separately:
+# the weights' shapes are compared with the config before anything is built per layer.
+LIMITS = {"n_vocab": 1 << 24, "n_ctx": 1 << 20, "n_embd": 1 << 16, "n_head": 1 << 16, "n_layer": 1024}
+# Each size's name in HF's config.json (`n_ctx` stands in for `n_positions` in old configs).
+HF_NAMES = {"n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head",
+            "n_layer": "n_layer"}
+# The model computes in float32: an epsilon it rounds to 0 or inf would give NaN or constant outputs.
+EPSILON_RANGE = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
+MAX_JSON_BYTES = 1 << 20  # a GPT-2 config.json is about 1 KB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,21 +48,22 @@ class GPT2Config:
     eos_token_id: int | None = None
 
     def __post_init__(self):
-        for name in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        """Check every field's type and range: JSON gives strings, floats, lists, null or bools as
+        readily as ints, and `True` is an int to Python. Integral floats (768.0) are refused too."""
+        for name, limit in LIMITS.items():
+            _size(name, getattr(self, name), limit)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.activation_function not in TANH_GELU:
+        object.__setattr__(self, "layer_norm_epsilon", _epsilon(self.layer_norm_epsilon))
+        if not isinstance(self.activation_function, str) or self.activation_function not in TANH_GELU:
             raise ConfigError(
-                f"activation_function={self.activation_function!r} is not supported: the TF1 layout "
-                f"and our TF model compute the tanh GELU ({' / '.join(TANH_GELU)})"
+                f"activation_function={short_repr(self.activation_function)} is not supported: the TF1 "
+                f"layout and our TF model compute the tanh GELU ({' / '.join(TANH_GELU)})"
             )
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value < self.n_vocab:
-                raise ConfigError(f"{name}={value} lies outside the vocab of {self.n_vocab} tokens")
+            if value is not None and not (_is_int(value) and 0 <= value < self.n_vocab):
+                raise ConfigError(f"{name}={short_repr(value)} is not an id in the vocab of {self.n_vocab} tokens")
 
     @property
     def head_dim(self) -> int:
@@ -59,21 +73,19 @@ class GPT2Config:
 
     @classmethod
     def from_hf_dict(cls, d: dict, source: str = "config.json") -> "GPT2Config":
-        _refuse_unsupported(d, source)
+        """Read HF's config.json fields; a ConfigError names `source` and the field as the file spells it."""
         try:
-            n_ctx = d.get("n_positions", d.get("n_ctx"))
+            keys = dict(HF_NAMES)
+            if "n_positions" not in d and "n_ctx" in d:
+                keys["n_ctx"] = "n_ctx"
+            sizes = _sizes(d, keys)
+            _refuse_unsupported(d, sizes["n_embd"])
             return cls(
-                n_vocab=d["vocab_size"],
-                n_ctx=n_ctx,
-                n_embd=d["n_embd"],
-                n_head=d["n_head"],
-                n_layer=d["n_layer"],
-                layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),
+                **sizes,
+                layer_norm_epsilon=_epsilon(d.get("layer_norm_epsilon", 1e-5)),
                 activation_function=d.get("activation_function", "gelu_new"),
-                **_special_ids_in_vocab(d, source),
+                **_special_ids_in_vocab(d, sizes["n_vocab"], source),
             )
-        except KeyError as e:
-            raise ConfigError(f"{source}: missing field {e.args[0]!r}") from None
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
@@ -104,16 +116,10 @@ class GPT2Config:
     def from_hparams_dict(cls, d: dict, source: str = "hparams.json") -> "GPT2Config":
         try:
             return cls(
-                n_vocab=d["n_vocab"],
-                n_ctx=d["n_ctx"],
-                n_embd=d["n_embd"],
-                n_head=d["n_head"],
-                n_layer=d["n_layer"],
+                **_sizes(d, {name: name for name in LIMITS}),
                 # openai/gpt-2 hard-codes 1e-5; we write it only when it differs.
-                layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),
+                layer_norm_epsilon=_epsilon(d.get("layer_norm_epsilon", 1e-5)),
             )
-        except KeyError as e:
-            raise ConfigError(f"{source}: missing field {e.args[0]!r}") from None
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
@@ -132,12 +138,13 @@ class GPT2Config:
         source: how messages name the file, if not by `path` (e.g. "release.zip:model/config.json").
         """
         path = Path(path)
-        d = _read_json(path)
+        source = source or str(path)
+        d = _read_json(path, source)
         if "vocab_size" in d:
-            return cls.from_hf_dict(d, source or str(path))
+            return cls.from_hf_dict(d, source)
         if "n_vocab" in d:
-            return cls.from_hparams_dict(d, source or str(path))
-        raise ConfigError(f"{path}: neither an HF config.json (vocab_size) nor hparams.json (n_vocab)")
+            return cls.from_hparams_dict(d, source)
+        raise ConfigError(f"{source}: neither an HF config.json (vocab_size) nor hparams.json (n_vocab)")
 
 
 def with_vocab(config: GPT2Config, vocab_path: str | Path) -> tuple[GPT2Config, dict[str, int]]:
@@ -159,43 +166,91 @@ def write_json(path: str | Path, d: dict) -> None:
     Path(path).write_text(json.dumps(d, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, source: str) -> dict:
+    """Parse a small JSON object; anything else (huge, nested past Python's recursion limit, an int of
+    thousands of digits, not a regular file such as a FIFO that would block) is a ConfigError."""
+    if not path.exists():
+        raise ConfigError(f"{source}: file not found")
+    if not path.is_file():
+        raise ConfigError(f"{source}: not a regular file")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{source}: not a readable JSON file ({e.strerror or e})") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_JSON_BYTES >> 20} MiB, not a model config")
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ConfigError(f"{source}: not a readable JSON file ({str(e)[:200]})") from None
     if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")
     return d
 
 
-def _special_ids_in_vocab(d: dict, source: str) -> dict:
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _size(field: str, value, limit: int) -> int:
+    if not _is_int(value):
+        raise ConfigError(f"{field} must be an integer, got {short_repr(value)}")
+    if not 1 <= value <= limit:
+        raise ConfigError(f"{field}={short_repr(value)} is outside the supported range 1..{limit}")
+    return value
+
+
+def _sizes(d: dict, keys: dict[str, str]) -> dict[str, int]:
+    """Our size fields from `d`, where `keys` maps each to its name in the file."""
+    for key in keys.values():
+        if key not in d:
+            raise ConfigError(f"missing field {key!r}")
+    return {ours: _size(theirs, d[theirs], LIMITS[ours]) for ours, theirs in keys.items()}
+
+
+def _epsilon(value) -> float:
+    low, high = EPSILON_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:  # NaN fails too
+        raise ConfigError(f"layer_norm_epsilon must be a finite number > 0 that float32 holds, got {short_repr(value)}")
+    return float(value)
+
+
+def _flag(d: dict, key: str, default: bool) -> bool:
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {short_repr(value)}")
+    return value
+
+
+def _special_ids_in_vocab(d: dict, n_vocab: int, source: str) -> dict:
     """The config's pad/bos/eos ids that lie inside its vocab; others (GPT-2's 50256 in a 21128-token
     Chinese vocab, as some releases carry) are dropped with a warning: the vocab's own win."""
     ids = {}
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = d.get(name)
-        if isinstance(value, int) and 0 <= value < d.get("vocab_size", 0):
+        if value is None:
+            continue
+        if not _is_int(value):
+            raise ConfigError(f"{name} must be an integer or null, got {short_repr(value)}")
+        if 0 <= value < n_vocab:
             ids[name] = value
-        elif value is not None:
-            log.warning("%s: ignoring %s=%r, outside the %s-token vocab", source, name, value, d.get("vocab_size"))
+        else:
+            log.warning("%s: ignoring %s=%s, outside the %s-token vocab", source, name, short_repr(value), n_vocab)
     return ids
 
 
-def _refuse_unsupported(d: dict, source: str) -> None:
+def _refuse_unsupported(d: dict, n_embd: int) -> None:
     """Refuse HF GPT-2 options that the TF1 layout / our TF model would silently compute differently."""
     model_type = d.get("model_type", "gpt2")
     if model_type != "gpt2":
-        raise ConfigError(f"{source}: model_type={model_type!r}, expected 'gpt2'")
-    n_embd = d.get("n_embd")
+        raise ConfigError(f"model_type={short_repr(model_type)}, expected 'gpt2'")
     n_inner = d.get("n_inner")
-    if n_inner is not None and n_embd is not None and n_inner != 4 * n_embd:
-        raise ConfigError(f"{source}: n_inner={n_inner} != 4*n_embd; the TF1 layout assumes 4*n_embd")
-    if d.get("scale_attn_weights", True) is not True:
-        raise ConfigError(f"{source}: scale_attn_weights=false is not supported")
-    if d.get("scale_attn_by_inverse_layer_idx", False):
-        raise ConfigError(f"{source}: scale_attn_by_inverse_layer_idx=true is not supported")
-    if d.get("add_cross_attention", False):
-        raise ConfigError(f"{source}: add_cross_attention=true (an encoder-decoder GPT-2) is not supported")
+    if n_inner is not None and not (_is_int(n_inner) and n_inner == 4 * n_embd):
+        raise ConfigError(f"n_inner={short_repr(n_inner)} is not 4*n_embd={4 * n_embd}, which the TF1 layout assumes")
+    if not _flag(d, "scale_attn_weights", True):
+        raise ConfigError("scale_attn_weights=false is not supported")
+    if _flag(d, "scale_attn_by_inverse_layer_idx", False):
+        raise ConfigError("scale_attn_by_inverse_layer_idx=true is not supported")
+    if _flag(d, "add_cross_attention", False):
+        raise ConfigError("add_cross_attention=true (an encoder-decoder GPT-2) is not supported")

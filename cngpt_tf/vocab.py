@@ -15,14 +15,23 @@ from .errors import VocabError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 
+# BERT's Chinese vocab is 110 KB (21128 lines). This bounds what a hostile file costs, and its lines
+# to 1 << 24, the largest vocab_size a config may declare.
+MAX_BYTES = 16 << 20
+
 
 def read_vocab(path: str | Path) -> list[str]:
     """Return the tokens of `path` in id order (id = line index)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        if path.exists() and not path.is_file():  # a folder, or a FIFO that would block
+            raise VocabError(f"{path}: vocab is not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise VocabError(f"{path}: cannot read vocab ({e.strerror or e})") from e
+    if len(data) > MAX_BYTES:
+        raise VocabError(f"{path}: vocab is larger than {MAX_BYTES >> 20} MiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
