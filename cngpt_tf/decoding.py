@@ -12,7 +12,7 @@ from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
 from . import model
 from .model import positions_from_mask, shape_of
-from .sampling import Sampler, suppress
+from .sampling import Sampler, require, suppress
 
 
 BUCKET = 16  # prompt lengths and new-token buffers are padded up to multiples of this ...
@@ -28,6 +28,27 @@ def round_up(n):
     if not tf.is_tensor(n):
         return rounded if n > SHORT else min(rounded, SHORT)
     return tf.where(n > SHORT, rounded, tf.minimum(rounded, SHORT))
+
+
+def check_prompts(input_ids, attention_mask, n_vocab: int) -> list:
+    """The rules for prompts given as ids: [B, P] ids and a same-shaped left-padded 0/1 mask (0s,
+    then 1s, ending in a real token), ids in [0, n_vocab) at real positions (XLA's gather would
+    clamp others silently). Eagerly (numpy or tensors) a broken rule raises ValueError; in a graph
+    it returns the assert ops (InvalidArgumentError when run), see `sampling.require`."""
+    ids, mask = tf.convert_to_tensor(input_ids), tf.convert_to_tensor(attention_mask)
+    rule = "input_ids and attention_mask must have one shape [batch, length], both >= 1"
+    if ids.shape.rank != 2 or mask.shape.rank != 2:  # static, also in a graph
+        raise ValueError(f"{rule}, got {ids.shape} and {mask.shape}")
+    shape = require(tf.reduce_all(tf.equal(tf.shape(ids), tf.shape(mask))) & (tf.size(ids) > 0), rule)
+    with tf.control_dependencies([shape]):  # the checks below index ids and mask together
+        real = tf.equal(mask, 1)
+        checks = [shape, require(real | tf.equal(mask, 0), "attention_mask must hold only 0s and 1s"),
+                  require(tf.reduce_all(mask[:, 1:] >= mask[:, :-1]) & tf.reduce_all(real[:, -1]),
+                          "attention_mask must be left-padded: 0s then 1s in each row, ending in a real token"),
+                  require(~real | ((ids >= 0) & (ids < n_vocab)),
+                          f"input_ids: an id at a real position (attention_mask 1) is outside the vocab of "
+                          f"{n_vocab} tokens")]
+    return checks
 
 
 def generate_bucketed(decoder, input_ids, attention_mask, max_new, *, min_new, eos, pad, seed, temperature,

@@ -20,10 +20,10 @@ import tensorflow as tf
 
 from . import model, native
 from .config import GPT2Config, with_vocab
-from .decoding import BUCKET, compile_decoder, generate_bucketed, round_up
+from .decoding import BUCKET, check_prompts, compile_decoder, generate_bucketed, round_up
 from .errors import SourceError
 from .poetry import PoemConstraint
-from .sampling import SamplingConfig, make_sampler
+from .sampling import SEED_MAX, SamplingConfig, check_seed, make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,17 @@ class Generator:
         (padded to the longest), new tokens follow, rows that ended get `pad_token_id` after their
         end-of-text, and it is as long as the longest row needed. `max_length` counts the prompt
         (its padded length), `max_new_tokens` does not; give one. eos_token_id=-1 never stops.
+
+        Every argument is checked before anything is compiled (ValueError naming it): ids in the
+        vocab, a left-padded 0/1 mask, sampling settings in `SamplingConfig.validate`'s ranges with
+        top_k <= the vocab size, and `seed` an integer in [0, 2**31 - 1] (`check_seed`; the
+        SavedModel's rule too). seed=None draws one.
         """
-        sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty).validate()
-        ids, mask = _left_pad(input_ids, attention_mask, self._pad_id(pad_token_id))
-        bad = (ids < 0) | (ids >= self.config.n_vocab)
-        if np.any(bad & (mask == 1)):
-            raise ValueError(f"input_ids: id {int(ids[bad & (mask == 1)][0])} is outside the vocab of "
-                             f"{self.config.n_vocab} tokens")
+        sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty)
+        sampling = sampling.validate(self.config.n_vocab)
+        seed = _seed(seed)
+        pad = self._pad_id(pad_token_id)
+        ids, mask = _left_pad(input_ids, attention_mask, pad, self.config.n_vocab)
         max_new = _new_token_budget(ids, mask, max_new_tokens, max_length, self.config.n_ctx)
         _check_int("min_new_tokens", min_new_tokens, 0)
         _check_int("num_return_sequences", num_return_sequences, 1)
@@ -107,12 +111,12 @@ class Generator:
         if num_return_sequences > 1:
             ids, mask = np.repeat(ids, num_return_sequences, 0), np.repeat(mask, num_return_sequences, 0)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        return self._run(sampling, ids, mask, max_new, min_new_tokens, -1 if eos is None else eos,
-                         self._pad_id(pad_token_id), seed)
+        eos = -1 if eos is None else eos
+        _check_int("eos_token_id", eos, -1, self.config.n_vocab - 1)
+        return self._run(sampling, ids, mask, max_new, min_new_tokens, eos, pad, seed)
 
     def _run(self, sampling, ids, mask, max_new, min_new, eos, pad, seed, constraint=None):
         """Run the compiled decoder (shapes bucketed); return prompt + new tokens (numpy)."""
-        seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else seed
         out = generate_bucketed(
             self._compiled_decode(sampling, constraint is not None), tf.constant(ids, tf.int32),
             tf.constant(mask, tf.int32), max_new, min_new=min_new, eos=eos, pad=pad, seed=seed,
@@ -129,9 +133,10 @@ class Generator:
         return self._compiled[key]
 
     def _pad_id(self, pad_token_id):
-        if pad_token_id is not None:
-            return pad_token_id
-        return self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        if pad_token_id is None:
+            return self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        _check_int("pad_token_id", pad_token_id, 0, self.config.n_vocab - 1)
+        return pad_token_id
 
     # ----- text level -----------------------------------------------------------------------------
 
@@ -171,13 +176,16 @@ class Generator:
         acrostic: one character per line (藏头诗); rhyme: None, "auto" (even lines rhyme with line 2),
         a rhyme-group name of the table (e.g. "十唐") or a character to rhyme with.
         The prompt (e.g. a title) conditions the poem and is not part of the result. The form is
-        enforced by masks inside the compiled loop (`cngpt_tf.poetry`).
+        enforced by masks inside the compiled loop (`cngpt_tf.poetry`). Sampling settings and
+        `seed` are checked as in `generate_ids`.
         """
         from .poetry import PoemPlan, PoemVocab, format_poem
 
         if self.tokenizer is None:
             raise ValueError("poem() needs a tokenizer (no vocab.txt beside the weights)")
-        sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty).validate()
+        sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty)
+        sampling = sampling.validate(self.config.n_vocab)
+        seed = _seed(seed)
         _check_int("num_return_sequences", num_return_sequences, 1)
         if num_return_sequences > 1 and not do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy rows would be identical)")
@@ -221,26 +229,31 @@ def _model_folder(path: Path) -> Path:
     raise SourceError(f"{path}: no tf_model.h5 or hparams.json here or in {path / 'tf2'} (convert with pt2tf first)")
 
 
-def _left_pad(input_ids, attention_mask, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged lists -> left-padded [B, P] ids and mask; arrays are checked to be left-padded."""
-    if isinstance(input_ids, (list, tuple)) and input_ids and not np.isscalar(input_ids[0]):
-        rows = [list(map(int, r)) for r in input_ids]
-        if attention_mask is None:
-            width = max(len(r) for r in rows)
-            if width == 0:
-                raise ValueError("input_ids: every prompt is empty; start it with the [CLS] id at least")
-            ids = np.array([[pad_id] * (width - len(r)) + r for r in rows], np.int32)
-            mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], np.int32)
-            return ids, mask
-    ids = np.asarray(input_ids, np.int32)
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape {list(ids.shape)}")
-    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32).reshape(ids.shape)
-    if not np.all(np.diff(mask, axis=1) >= 0) or not np.all(mask[:, -1] == 1):
-        raise ValueError("attention_mask must be left-padded: 0s then 1s in each row, ending in a real token")
-    return ids, mask
+def _left_pad(input_ids, attention_mask, pad_id: int, n_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged lists -> left-padded [B, P] ids and mask; both checked by `check_prompts`."""
+    if (isinstance(input_ids, (list, tuple)) and input_ids and not np.isscalar(input_ids[0])
+            and attention_mask is None):
+        rows = [list(r) for r in input_ids]
+        width = max(len(r) for r in rows)
+        if width == 0:
+            raise ValueError("input_ids: every prompt is empty; start it with the [CLS] id at least")
+        ids = _integers("input_ids", [[pad_id] * (width - len(r)) + r for r in rows])
+        mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], np.int32)
+    else:
+        ids = _integers("input_ids", input_ids)
+        ids = ids[None] if ids.ndim == 1 else ids
+        mask = np.ones_like(ids) if attention_mask is None else _integers("attention_mask", attention_mask)
+        mask = mask[None] if mask.ndim == 1 else mask
+    check_prompts(ids, mask, n_vocab)  # ValueError naming input_ids or attention_mask
+    return ids.astype(np.int32), mask.astype(np.int32)
+
+
+def _integers(name: str, values) -> np.ndarray:
+    """values as an integer array, not cast yet: 3.7 or 2**32 + 5 must not become another valid id."""
+    array = np.asarray(values)
+    if array.size and array.dtype.kind not in "iub":
+        raise ValueError(f"{name} must hold integers, got an array of {array.dtype}")
+    return array.astype(np.int64) if array.dtype.kind in "b" else array
 
 
 def _new_token_budget(ids, mask, max_new_tokens, max_length, n_ctx) -> int:
@@ -259,6 +272,13 @@ def _new_token_budget(ids, mask, max_new_tokens, max_length, n_ctx) -> int:
     return max_new_tokens
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum
+            or (maximum is not None and value > maximum)):
+        upto = f" and <= {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{upto}, got {value!r}")
+
+
+def _seed(seed) -> int:
+    """`check_seed`'s rule; None draws a seed."""
+    return int(np.random.randint(0, SEED_MAX + 1)) if seed is None else check_seed(seed)

@@ -8,10 +8,26 @@ turns one step's logits into token ids, so each strategy is tested alone with a 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
+import numpy as np
 import tensorflow as tf
 
+from .errors import short_repr
+
 NEG_INF = float("-inf")
+
+
+# Accepted ranges of the float settings (validate()). logits / temperature must stay finite in
+# float32 and the softmax meaningful: at 1e-2 a logit of 1e3 becomes 1e5 and sampling is already
+# practically greedy; lower values only approach overflow (1e-38 turns logits into +-inf, and the
+# softmax into NaN). At 1e2 the distribution is practically uniform. The repetition penalty
+# divides or multiplies seen logits: the same bounds for the same reasons.
+TEMPERATURE_RANGE = (1e-2, 1e2)
+PENALTY_RANGE = (1e-2, 1e2)
+# Seeds: a non-negative int32, the width of the sampler's seed. One rule for the Python API and the
+# SavedModel (`check_seed`): anything else is refused, never wrapped.
+SEED_MAX = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,18 +37,22 @@ class SamplingConfig:
     do_sample: bool = False
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0  # 1.0: no nucleus filter
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0  # 1.0: off; CTRL's rule, as HF applies it
+    temperature: float = 1.0  # in TEMPERATURE_RANGE
+    repetition_penalty: float = 1.0  # in PENALTY_RANGE; 1.0: off; CTRL's rule, as HF applies it
 
-    def validate(self) -> "SamplingConfig":
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
-        if not 0.0 < float(self.top_p) <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not float(self.temperature) > 0.0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        if not float(self.repetition_penalty) > 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+    def validate(self, n_vocab: int | None = None) -> "SamplingConfig":
+        """Raise ValueError naming the first bad field; n_vocab (when given) bounds top_k."""
+        if not isinstance(self.do_sample, (bool, np.bool_)):
+            raise ValueError(f"do_sample must be True or False, got {short_repr(self.do_sample)}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {short_repr(self.top_k)}")
+        if n_vocab is not None and self.top_k > n_vocab:
+            raise ValueError(f"top_k={self.top_k} exceeds the vocab of {n_vocab} tokens")
+        if not 0.0 < _real("top_p", self.top_p) <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {short_repr(self.top_p)}")
+        for name, (low, high) in (("temperature", TEMPERATURE_RANGE), ("repetition_penalty", PENALTY_RANGE)):
+            if not low <= _real(name, getattr(self, name)) <= high:  # NaN fails too
+                raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {short_repr(getattr(self, name))}")
         return self
 
     @property
@@ -40,6 +60,38 @@ class SamplingConfig:
         """What changes the compiled graph. temperature/top_p/penalty values are runtime inputs."""
         return (self.do_sample, self.top_k if self.do_sample else 0,
                 self.do_sample and self.top_p < 1.0, self.repetition_penalty != 1.0)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {short_repr(value)}")
+    return float(value)
+
+
+def require(condition, message: str):
+    """One rule, two callers: eagerly (the Python API) a false `condition` raises ValueError(message);
+    in a traced graph (the SavedModel) it is an assert op that fails the request with
+    InvalidArgumentError(message). condition: a bool or boolean tensor (all must hold)."""
+    if tf.is_symbolic_tensor(condition):
+        return tf.debugging.Assert(tf.reduce_all(condition), [message])  # "assertion failed: [message]"
+    if not bool(tf.reduce_all(condition)):
+        raise ValueError(message)
+    return None
+
+
+def check_seed(seed):
+    """The seed rule: an integer in [0, SEED_MAX]. A Python seed comes back as an int (ValueError
+    otherwise); a seed tensor (any shape, e.g. the SavedModel's int64 [batch]) gets an assert op."""
+    rule = f"seed must be an integer in [0, {SEED_MAX}]"
+    if tf.is_symbolic_tensor(seed):
+        return require((seed >= 0) & (seed <= SEED_MAX), rule)
+    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{rule}, got {short_repr(seed)}")
+    return int(seed)
 
 
 # ----- logits processors: [B, V] -> [B, V] ------------------------------------------------------

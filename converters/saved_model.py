@@ -14,7 +14,11 @@ Signatures (the input and output names are what REST/gRPC clients send and recei
   `acrostic` ("" for none, else one character per line), `rhyme` ("" or "auto"), int64 `seed`,
   all [batch] -> `poem` tf.string: one line per 句, "\n"-joined; the form enforced by the masks of
   `cngpt_tf.poetry` inside the decode loop, with the export's sampling settings.
-Generation settings are fixed at export and written to `assets/generation_config.json` under HF
+Requests are checked as the Python `Generator` checks its arguments, by the same rules
+(`cngpt_tf.decoding.check_prompts` for ids and masks, `cngpt_tf.sampling.check_seed` for seeds: an
+integer in [0, 2**31 - 1], never wrapped); a bad request fails with INVALID_ARGUMENT naming the
+problem, before any decoding. Generation settings are fixed at export (checked against the model by
+`GenerationSettings.check_for`) and written to `assets/generation_config.json` under HF
 `GenerationConfig` key names. The decode loop is XLA-compiled (`jit_compile=True`): the CPU model
 server needs `--xla_cpu_compilation_enabled=true` (see README).
 """
@@ -31,9 +35,9 @@ import tensorflow as tf
 
 from cngpt_tf import model
 from cngpt_tf.config import GPT2Config
-from cngpt_tf.decoding import compile_decoder, generate_bucketed, round_up
+from cngpt_tf.decoding import check_prompts, compile_decoder, generate_bucketed, round_up
 from cngpt_tf.poetry import FORMS, PoemConstraint, PoemVocab, build_schedule
-from cngpt_tf.sampling import SamplingConfig, make_sampler
+from cngpt_tf.sampling import SamplingConfig, check_seed, make_sampler
 from cngpt_tf.vocab import read_vocab
 
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32, name="input_ids")
@@ -58,8 +62,20 @@ class GenerationSettings:
 
     @property
     def sampling(self) -> SamplingConfig:
+        """The sampling settings, checked alone (`SamplingConfig.validate`)."""
         return SamplingConfig(self.do_sample, self.top_k, self.top_p, self.temperature,
                               self.repetition_penalty).validate()
+
+    def check_for(self, config: GPT2Config) -> "GenerationSettings":
+        """Check every setting against the model before anything is built: ValueError naming the
+        setting (max_new_tokens, top_k, ...; the pt2tf flag of the same name). Returns self."""
+        m, n_ctx = self.max_new_tokens, config.n_ctx
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m < n_ctx:
+            raise ValueError(f"max_new_tokens must be an integer in [1, {n_ctx - 1}]: a prompt needs at least "
+                             f"one of the n_positions={n_ctx} positions, got {m!r}")
+        SamplingConfig(self.do_sample, self.top_k, self.top_p, self.temperature,
+                       self.repetition_penalty).validate(config.n_vocab)
+        return self
 
     def to_generation_config(self, config: GPT2Config) -> dict:
         return {**dataclasses.asdict(self), "pad_token_id": config.pad_token_id,
@@ -87,11 +103,8 @@ class GenerationModule(GPT2Module):
     def __init__(self, config: GPT2Config, pt_tensors, vocab: str | Path, generation: GenerationSettings):
         from cngpt_tf.text_graph import TextGraph
 
-        if generation.max_new_tokens >= config.n_ctx:
-            raise ValueError(f"max_new_tokens={generation.max_new_tokens} leaves no room for a prompt "
-                             f"in n_positions={config.n_ctx}")
+        self.generation = generation.check_for(config)
         super().__init__(config, pt_tensors, vocab)
-        self.generation = generation
         tokens = read_vocab(vocab)
         self.text = TextGraph(tokens)
         sampler = make_sampler(generation.sampling)
@@ -101,7 +114,8 @@ class GenerationModule(GPT2Module):
 
     @tf.function(input_signature=[IDS_SPEC, MASK_SPEC])
     def generate_ids(self, input_ids, attention_mask):
-        return {"sequences": self._generate(input_ids, attention_mask, seed=0)}
+        with tf.control_dependencies(check_prompts(input_ids, attention_mask, self.config.n_vocab)):
+            return {"sequences": self._generate(input_ids, attention_mask, seed=0)}
 
     @tf.function(input_signature=[TEXT_SPEC])
     def generate_text(self, text):
@@ -109,8 +123,7 @@ class GenerationModule(GPT2Module):
 
     @tf.function(input_signature=[TEXT_SPEC, SEED_SPEC])
     def generate_text_seeded(self, text, seed):
-        first = tf.cond(tf.size(seed) > 0, lambda: seed[0], lambda: tf.constant(0, tf.int64))
-        return {"generated_text": self._generate_text(text, seed=tf.cast(first % (2**31 - 1), tf.int32))}
+        return {"generated_text": self._generate_text(text, seed=_request_seed(seed))}
 
     @tf.function(input_signature=[TEXT_SPEC, FORM_SPEC, ACROSTIC_SPEC, RHYME_SPEC, SEED_SPEC])
     def poem(self, text, form, acrostic, rhyme, seed):
@@ -120,10 +133,9 @@ class GenerationModule(GPT2Module):
         n_new = tf.reduce_max(lines * (chars + 1) + 1)
         schedule, forced = build_schedule(chars, lines, acrostic_ids, rhymes, round_up(n_new))
         input_ids, attention_mask = self.text.encode(text, self.config.n_ctx - n_new)
-        first = tf.cond(tf.size(seed) > 0, lambda: seed[0], lambda: tf.constant(0, tf.int64))
         constraint = (p.table, schedule, forced, p.char_group, tf.fill(tf.shape(chars), -1))
-        sequences = self._generate(input_ids, attention_mask, tf.cast(first % (2**31 - 1), tf.int32),
-                                   n_new, self._decode_poem, constraint)
+        sequences = self._generate(input_ids, attention_mask, _request_seed(seed), n_new, self._decode_poem,
+                                   constraint)
         poems = self.text.decode(sequences[:, tf.shape(input_ids)[1]:], self.config.eos_token_id)
         return {"poem": tf.strings.regex_replace(tf.strings.regex_replace(poems, "，", "，\n"), "。(.)", "。\n\\1")}
 
@@ -144,6 +156,14 @@ class GenerationModule(GPT2Module):
             decode or self._decode, input_ids, attention_mask, max_new, min_new=0, eos=c.eos_token_id,
             pad=c.pad_token_id or 0, seed=seed, temperature=g.temperature, top_p=g.top_p,
             penalty=g.repetition_penalty, constraint=constraint)
+
+
+def _request_seed(seed):
+    """int64 seeds [batch] -> the request's int32 seed (the first row's; 0 for none), after
+    `check_seed` on every row: a seed out of range fails the request, it is never wrapped."""
+    with tf.control_dependencies([check_seed(seed)]):
+        first = tf.cond(tf.size(seed) > 0, lambda: seed[0], lambda: tf.constant(0, tf.int64))
+        return tf.cast(first, tf.int32)
 
 
 class _PoemTables(tf.Module):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
-from cngpt_tf.decoding import BUCKET, SHORT, decode, round_up
+from cngpt_tf.decoding import BUCKET, SHORT, check_prompts, decode, round_up
 from cngpt_tf.sampling import SamplingConfig, make_sampler
 
 V = 20
@@ -211,3 +211,50 @@ def test_round_up_gives_short_prompts_one_small_bucket_and_the_rest_multiples_of
                 5 * BUCKET: 5 * BUCKET}
     assert {n: round_up(n) for n in expected} == expected
     assert {n: int(round_up(tf.constant(n))) for n in expected} == expected  # the SavedModel's in-graph path
+
+
+# ----- check_prompts: one rule set, eagerly (ValueError) and in a graph (InvalidArgumentError) ----------
+
+
+BAD_PROMPTS = [
+    ([[5, V]], [[1, 1]], "outside the vocab of 20"),  # XLA's gather would clamp V to V - 1
+    ([[5, -1]], [[1, 1]], "outside the vocab of 20"),
+    ([[5, 6]], [[1, 0]], "left-padded"),
+    ([[5, 6, 7]], [[1, 0, 1]], "left-padded"),
+    ([[5, 6]], [[0, 0]], "left-padded"),  # no real token
+    ([[5, 6]], [[-1, 1]], "only 0s and 1s"),
+    ([[5, 6]], [[0, 1, 1]], "one shape"),
+    ([[5, 6], [5, 6]], [[0, 1]], "one shape"),
+    (np.zeros((1, 0)), np.zeros((1, 0)), "one shape"),
+    (np.zeros((0, 2)), np.zeros((0, 2)), "one shape"),
+]
+
+
+@pytest.fixture(scope="module")
+def checked_in_a_graph():
+    spec = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[spec, spec], autograph=False)
+    def checked(ids, mask):
+        with tf.control_dependencies(check_prompts(ids, mask, V)):
+            return tf.identity(ids)
+
+    return checked
+
+
+@pytest.mark.parametrize("ids, mask, match", BAD_PROMPTS)
+def test_check_prompts_names_the_problem_eagerly_and_in_a_graph(checked_in_a_graph, ids, mask, match):
+    ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+    with pytest.raises(ValueError, match=match):
+        check_prompts(ids, mask, V)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        checked_in_a_graph(ids, mask)
+
+
+def test_check_prompts_accepts_left_padding_and_ignores_ids_under_it(checked_in_a_graph):
+    ids = np.array([[V + 5, -3, 7], [1, 2, V - 1]], np.int32)  # bad ids only where the mask is 0
+    mask = np.array([[0, 0, 1], [1, 1, 1]], np.int32)
+    assert all(op is None for op in check_prompts(ids, mask, V))
+    np.testing.assert_array_equal(checked_in_a_graph(ids, mask).numpy(), ids)
+    with pytest.raises(ValueError, match="one shape"):  # rank is checked statically
+        check_prompts(ids[0], mask[0], V)

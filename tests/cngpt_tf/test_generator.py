@@ -219,15 +219,72 @@ BAD = [
     (dict(min_new_tokens=-1), "min_new_tokens"),
     (dict(num_return_sequences=2), "num_return_sequences"),  # greedy
     (dict(num_return_sequences=0, do_sample=True), "num_return_sequences"),
+    # values that used to pass and then broke the output (NaN/inf logits, [PAD]s, a wrapped seed)
+    (dict(do_sample=True, temperature=float("inf")), "temperature"),
+    (dict(do_sample=True, temperature=float("nan")), "temperature"),
+    (dict(do_sample=True, temperature=1e-38), "temperature"),
+    (dict(do_sample=True, temperature=1e3), "temperature"),
+    (dict(do_sample=True, temperature="1"), "temperature"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+    (dict(repetition_penalty=float("nan")), "repetition_penalty"),
+    (dict(repetition_penalty=1e-3), "repetition_penalty"),
+    (dict(do_sample=True, top_p=float("nan")), "top_p"),
+    (dict(do_sample=True, top_k=2.0), "top_k"),
+    (dict(do_sample=True, top_k=True), "top_k"),
+    (dict(do_sample=True, top_k=1804), "top_k.*vocab"),  # the tiny vocab has 1803 tokens
+    (dict(top_k=10**6), "top_k.*vocab"),  # greedy too: a setting that cannot work is an error
+    (dict(do_sample="yes"), "do_sample"),
+    (dict(do_sample=True, seed=-1), "seed"),
+    (dict(do_sample=True, seed=2**31), "seed"),  # wrapped silently before
+    (dict(do_sample=True, seed=2**64 + 1), "seed"),
+    (dict(do_sample=True, seed=1.0), "seed"),
+    (dict(do_sample=True, seed="1"), "seed"),
+    (dict(do_sample=True, seed=True), "seed"),
+    (dict(eos_token_id=1803), "eos_token_id"),
+    (dict(eos_token_id=-2), "eos_token_id"),
+    (dict(pad_token_id=-1), "pad_token_id"),
+    (dict(pad_token_id=1803), "pad_token_id"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, name", BAD, ids=[f"{n}-{i}" for i, (_, n) in enumerate(BAD)])
 def test_bad_input_raises_before_compiling(fresh, kwargs, name):
+    assert fresh.config.n_vocab == 1803
     kwargs = {"max_new_tokens": 4, **kwargs}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     with pytest.raises(ValueError, match=name):
         fresh.generate_ids(TEN, **kwargs)
+    assert fresh._compiled == {}
+
+
+POEM_BAD = [(kwargs, name) for kwargs, name in BAD
+            if set(kwargs) <= {"do_sample", "top_k", "top_p", "temperature", "repetition_penalty", "seed"}]
+
+
+@pytest.mark.parametrize("kwargs, name", POEM_BAD, ids=[f"{n}-{i}" for i, (_, n) in enumerate(POEM_BAD)])
+def test_bad_poem_settings_raise_before_compiling(gen, kwargs, name):
+    compiled = dict(gen._compiled)
+    with pytest.raises(ValueError, match=name):
+        gen.poem("春", form="五言绝句", **kwargs)
+    assert gen._compiled == compiled  # nothing new compiled (and nothing replaced)
+
+
+def test_ids_and_masks_that_would_be_converted_silently_are_refused(fresh):
+    """Floats (3.7 -> 3) and ids past int32 (2**32 + 5 -> 5) must not become other valid ids."""
+    for ids, match in (([[CLS, 3.7]], "input_ids must hold integers"),
+                       (np.array([[CLS, 3.0]]), "input_ids must hold integers"),
+                       (np.array([[CLS, 2**32 + 5]]), "input_ids: an id .* outside the vocab"),
+                       (np.array([[CLS, 2**63 + 5]], np.uint64), "input_ids: an id .* outside the vocab")):
+        with pytest.raises(ValueError, match=match):
+            fresh.generate_ids(ids, max_new_tokens=4)
+    ids = np.array([[PAD, CLS, 5]])
+    for mask, match in (([[0.5, 1, 1]], "attention_mask must hold integers"),
+                        ([[-1, 1, 1]], "attention_mask must hold only 0s and 1s"),
+                        ([[0, 1, 2]], "attention_mask"),
+                        ([[0, 1]], "same shape|one shape"),
+                        ([[[0, 1, 1]]], "one shape")):
+        with pytest.raises(ValueError, match=match):
+            fresh.generate_ids(ids, np.array(mask), max_new_tokens=4)
     assert fresh._compiled == {}
 
 
@@ -246,6 +303,42 @@ def test_out_of_vocab_ids_are_refused(gen):
     for bad in (gen.config.n_vocab + 100, -5):
         with pytest.raises(ValueError, match="input_ids"):
             gen.generate_ids([[CLS, bad]], max_new_tokens=NEW)
+
+
+def test_out_of_vocab_id_under_a_padding_mask_is_ignored(gen):
+    """Only real (mask 1) positions must be in the vocab: what sits under padding is never read."""
+    ids, mask = left_pad(PROMPTS[:1])
+    ids, mask = np.pad(ids, [[0, 0], [1, 0]]), np.pad(mask, [[0, 0], [1, 0]])
+    expected = gen.generate_ids(ids, mask, max_new_tokens=4, eos_token_id=-1)
+    ids[0, 0] = gen.config.n_vocab + 7
+    np.testing.assert_array_equal(gen.generate_ids(ids, mask, max_new_tokens=4, eos_token_id=-1)[:, 1:],
+                                  expected[:, 1:])
+
+
+def test_seed_edges_are_accepted(gen):
+    kwargs = dict(max_new_tokens=NEW, do_sample=True, eos_token_id=-1)  # the sampling test's shapes
+    top = gen.generate_ids(PROMPTS[:1], seed=2**31 - 1, **kwargs)
+    np.testing.assert_array_equal(gen.generate_ids(PROMPTS[:1], seed=np.int64(2**31 - 1), **kwargs), top)
+    assert gen.generate_ids(PROMPTS[:1], seed=0, **kwargs).shape == top.shape
+
+
+# ----- poems at the edges of the accepted settings -------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [
+    dict(do_sample=True, temperature=1e2, repetition_penalty=1e2, top_k=1803),  # top_k = the vocab size
+    dict(do_sample=True, temperature=1e-2, repetition_penalty=1e-2, top_p=1e-6),
+], ids=["hot", "cold"])
+def test_poem_form_holds_at_the_accepted_extremes(gen, settings):
+    from tests.cngpt_tf.test_poetry import check_poem
+
+    vocab = set(gen.tokenizer.tokens)
+    poems = gen.poem("春", form="五言绝句", acrostic="明月几时", rhyme="auto", seed=2**31 - 1,
+                     num_return_sequences=2, **settings)
+    assert len(poems) == 2
+    for poem in poems:
+        assert "[" not in poem and "#" not in poem, poem  # no [PAD], [UNK], [SEP] or word pieces
+        check_poem(poem, vocab, 5, 4, acrostic="明月几时", rhyme="auto")
 
 
 # ----- text ----------------------------------------------------------------------------------------
@@ -299,7 +392,7 @@ def test_full_size_greedy_equals_hf(tmp_path):
     from converters.pt2tf import convert
     from tests.converters.test_full_size import FULL, N_VOCAB, full_vocab
 
-    vocab = full_vocab()  # the real vocab from ../shared/data when present, else generated in its layout
+    vocab = full_vocab()  # the real BERT Chinese vocab (tests/data)
     assert len(vocab) == N_VOCAB
     assert [vocab.index(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 100, 101, 102, 103]
     src = write_torch_model(tmp_path / "src", vocab, **FULL)

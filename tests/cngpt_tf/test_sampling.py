@@ -15,12 +15,17 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from cngpt_tf.sampling import (
+    PENALTY_RANGE,
+    SEED_MAX,
+    TEMPERATURE_RANGE,
     GreedySampler,
     RandomSampler,
     SamplingConfig,
     apply_repetition_penalty,
     apply_temperature,
+    check_seed,
     make_sampler,
+    require,
     suppress,
     top_k_filter,
     top_p_filter,
@@ -326,18 +331,94 @@ def test_make_sampler():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("top_k", -1), ("top_k", 1.5), ("top_k", True),
-        ("top_p", 0.0), ("top_p", -0.1), ("top_p", 1.5),
-        ("temperature", 0.0), ("temperature", -1.0),
-        ("repetition_penalty", 0.0), ("repetition_penalty", -1.3),
+        ("do_sample", 1), ("do_sample", "yes"),
+        ("top_k", -1), ("top_k", 1.5), ("top_k", 2.0), ("top_k", True), ("top_k", "8"), ("top_k", None),
+        ("top_p", 0.0), ("top_p", -0.1), ("top_p", 1.5), ("top_p", np.nan), ("top_p", "0.9"),
+        ("temperature", 0.0), ("temperature", -1.0), ("temperature", np.inf), ("temperature", np.nan),
+        ("temperature", 1e-38), ("temperature", 9e-3), ("temperature", 101.0), ("temperature", True),
+        ("repetition_penalty", 0.0), ("repetition_penalty", -1.3), ("repetition_penalty", np.inf),
+        ("repetition_penalty", np.nan), ("repetition_penalty", 1e-38), ("repetition_penalty", 1e3),
+        ("repetition_penalty", np.float32(np.inf)),
     ],
 )
 def test_validate_names_the_bad_parameter(field, value):
     with pytest.raises(ValueError, match=field):
-        SamplingConfig(do_sample=True, **{field: value}).validate()
+        SamplingConfig(**{"do_sample": True, field: value}).validate()
 
 
 def test_validate_accepts_the_edges():
-    config = SamplingConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1e-3, repetition_penalty=1e-3)
-    assert config.validate() is config
+    low, high = TEMPERATURE_RANGE
+    assert (low, high) == PENALTY_RANGE == (1e-2, 1e2)
+    for temperature, penalty in ((low, high), (high, low)):
+        config = SamplingConfig(do_sample=True, top_k=0, top_p=1.0, temperature=temperature,
+                                repetition_penalty=penalty)
+        assert config.validate() is config
     SamplingConfig(top_k=50, top_p=1e-6).validate()
+    SamplingConfig(do_sample=np.bool_(True), top_k=np.int64(3), top_p=np.float32(0.5)).validate(n_vocab=3)
+
+
+def test_validate_bounds_top_k_by_the_vocab():
+    assert SamplingConfig(top_k=10).validate(n_vocab=10).top_k == 10
+    with pytest.raises(ValueError, match=r"top_k=11 exceeds the vocab of 10"):
+        SamplingConfig(top_k=11).validate(n_vocab=10)
+
+
+@pytest.mark.parametrize("temperature, penalty", [(1e-2, 1e-2), (1e-2, 1e2), (1e2, 1e-2), (1e2, 1e2)])
+def test_accepted_extremes_keep_logits_finite_and_masks_intact(mode, temperature, penalty):
+    """At the edges of the accepted ranges, large logits stay finite under XLA and -inf (a masked
+    token) stays -inf: the softmax stays a distribution over the allowed tokens only."""
+    logits = np.array([[300.0, -300.0, 0.0, -np.inf, 5.0]], np.float32)
+    seen = np.array([[True, True, True, True, False]])
+    config = SamplingConfig(do_sample=True, temperature=temperature, repetition_penalty=penalty)
+    out = call(mode, lambda x, s: config_process(config, x, s, temperature, penalty), logits, seen)
+    assert np.isfinite(out[:, [0, 1, 2, 4]]).all() and out[0, 3] == -np.inf
+    probs = call(mode, lambda x: tf.nn.softmax(x), out)
+    assert np.isfinite(probs).all() and probs[0, 3] == 0 and abs(probs.sum() - 1) < 1e-5
+
+
+def config_process(config, logits, seen, temperature, penalty):
+    return make_sampler(config).process(logits, seen, temperature, 1.0, penalty)
+
+
+# ----- seeds and the shared rule helper ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [-1, SEED_MAX + 1, 2**63, pytest.param(10**5000, id="10**5000"), 1.0, 2.5, "7",
+                                  True, None, np.float64(3)])
+def test_check_seed_refuses_what_is_not_a_small_non_negative_integer(seed):
+    with pytest.raises(ValueError, match="seed must be an integer in \\[0, 2147483647\\]") as info:
+        check_seed(seed)
+    assert len(str(info.value)) < 120  # a bounded message, even for 10**5000
+
+
+def test_check_seed_returns_accepted_seeds_as_int():
+    assert SEED_MAX == 2**31 - 1
+    for seed in (0, 7, SEED_MAX, np.int64(SEED_MAX), np.uint8(3)):
+        assert check_seed(seed) == int(seed) and type(check_seed(seed)) is int
+
+
+def test_check_seed_in_a_graph_fails_the_call_with_invalid_argument():
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)], autograph=False)
+    def first(seeds):
+        with tf.control_dependencies([check_seed(seeds)]):
+            return tf.identity(seeds[0])
+
+    assert first(tf.constant([SEED_MAX, 0], tf.int64)).numpy() == SEED_MAX
+    for bad in ([SEED_MAX + 1], [0, -1], [2**62]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="seed must be an integer in"):
+            first(tf.constant(bad, tf.int64))
+
+
+def test_require_raises_value_error_eagerly_and_asserts_in_a_graph():
+    assert require(np.array([True, True]), "fine") is None
+    with pytest.raises(ValueError, match="^broken$"):
+        require(np.array([True, False]), "broken")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.bool)], autograph=False)
+    def checked(x):
+        with tf.control_dependencies([require(x, "broken in a graph")]):
+            return tf.identity(x)
+
+    checked(tf.constant([True]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="broken in a graph"):
+        checked(tf.constant([True, False]))

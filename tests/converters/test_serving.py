@@ -180,6 +180,14 @@ def test_sampled_export_takes_a_seed(tiny_pt_dir, tmp_path):
     b = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([7, 7, 7], tf.int64)))
     c = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([8, 8, 8], tf.int64)))
     assert a == b and a != c
+    # seeds follow the Python API's rule (an integer in [0, 2**31 - 1]) in every row; none wraps
+    rule = r"seed must be an integer in \[0, 2147483647\]"
+    for bad in ([2**31 + 7, 0, 0], [-1, 7, 7], [7, 7, 2**40]):  # 2**31 + 7 was taken as 8 before
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rule):
+            seeded(text=tf.constant(PROMPTS), seed=tf.constant(bad, tf.int64))
+    assert texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([7, 7, 7], tf.int64))) == a
+    top = tf.constant([2**31 - 1] * 3, tf.int64)
+    assert texts(seeded(text=tf.constant(PROMPTS), seed=top)) == texts(seeded(text=tf.constant(PROMPTS), seed=top))
 
 
 def test_poem_signature_keeps_the_form_per_row(loaded):
