@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import traceback
 
+from . import interrupts
 from .errors import CngptError
-
-INTERRUPTED = 130  # the shell's code for Ctrl-C
 
 
 def make_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
@@ -30,6 +31,8 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(verbose: bool) -> None:
+    global _verbose
+    _verbose = verbose  # run_main then prints tracebacks too
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -42,19 +45,53 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+_verbose = False
+
+
 def run_main(fn) -> int:
-    """Call fn(); map our errors to `error: <one line>` and their exit code, Ctrl-C to 130."""
-    try:
-        fn()
-    except CngptError as e:
+    """Call fn() and return the exit code; a failure is one line, `error: ...`, on stderr.
+
+    Our errors exit with their `exit_code`; an interrupt (Ctrl-C, SIGTERM, SIGHUP: see
+    `interrupts`) with 128 + the signal number, also when its KeyboardInterrupt was swallowed on the
+    way and fn() returned; anything else (OSError such as a full disk, ValueError, TensorFlow's
+    errors, MemoryError) with 1. With --verbose the traceback is printed first. argparse's usage
+    errors (SystemExit) raised inside fn() pass through.
+    """
+    with interrupts.handled():
+        try:
+            fn()
+            interrupts.hold()
+        except SystemExit:
+            raise
+        except BaseException as e:  # noqa: BLE001  (the CLI boundary: no traceback reaches the user)
+            interrupts.hold()
+            return _report(e)
+        signum = interrupts.received()
+        return 0 if signum is None else _report(interrupts.Interrupted(signum))
+
+
+def _report(e: BaseException) -> int:
+    """Print `error: <one line>` for e; return its exit code."""
+    if _verbose:
+        traceback.print_exception(e, file=sys.stderr)
+    signum = interrupts.received()
+    if signum is not None or isinstance(e, KeyboardInterrupt):  # the signal wins over what it caused
+        signum = signum or signal.SIGINT
+        print(f"error: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return interrupts.exit_code(signum)
+    if isinstance(e, CngptError):
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return INTERRUPTED
-    return 0
+    if isinstance(e, MemoryError):
+        print(f"error: out of memory{': ' + _one_line(e) if str(e) else ''}", file=sys.stderr)
+    elif isinstance(e, (OSError, ValueError)):
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+    else:  # unexpected: name the type, it is all the user has to report
+        print(f"error: {type(e).__name__}: {_one_line(e)} (rerun with --verbose for the traceback)",
+              file=sys.stderr)
+    return 1
 
 
-def _one_line(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return " ".join(text.split("\n"))
+def _one_line(e: BaseException, limit: int = 2000) -> str:
+    text = " ".join(str(e)[: 4 * limit].split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."

@@ -233,6 +233,11 @@ def main(argv=None) -> int:
     cli.setup_logging(args.verbose)
 
     def run():
+        from converters.output import check_not_an_input
+
+        _tf2_folder(Path(args.model_dir))  # a missing model is named as such, not as an overlap
+        # OUT_DIR is added to (--resume) and its converted/ replaced: never the model's or the corpus' place
+        check_not_an_input(args.out_dir, [args.model_dir, args.corpus])
         options = {k: v for k, v in vars(args).items() if k not in ("model_dir", "corpus", "out_dir", "quiet")}
         options["verbose"] = 0 if args.quiet else 1  # Keras' progress bar, not our -v (logging)
         result = finetune(args.model_dir, args.corpus, args.out_dir, **options)

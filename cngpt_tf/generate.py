@@ -9,6 +9,7 @@ import logging
 import sys
 
 from . import cli
+from .errors import CngptError
 
 log = logging.getLogger("cngpt_tf.generate")
 
@@ -42,13 +43,17 @@ def main(argv=None) -> int:
     poem.add_argument("--acrostic", help="藏头诗: one character per line")
     poem.add_argument("--rhyme", help="'auto' (even lines rhyme with line 2), a rhyme group, or a character")
     args = parser.parse_args(argv)
+    for flag in ("max_length", "max_new_tokens", "num_return_sequences"):  # before loading the model
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     cli.setup_logging(args.verbose)
 
     def run():
         from .generator import Generator
 
         generator = Generator.from_pretrained(args.model)
-        length = {"max_length": args.max_length} if args.max_length else {"max_new_tokens": args.max_new_tokens or 50}
+        length = ({"max_length": args.max_length} if args.max_length is not None
+                  else {"max_new_tokens": args.max_new_tokens or 50})  # both were checked >= 1
         try:
             if args.form or args.acrostic:
                 for prompt in args.prompts:
@@ -65,7 +70,9 @@ def main(argv=None) -> int:
                 temperature=args.temperature, repetition_penalty=args.repetition_penalty,
                 num_return_sequences=args.num_return_sequences, seed=args.seed, **length,
             )
-        except ValueError as e:  # a bad parameter: the library names it
+        except ValueError as e:  # a bad parameter: the library names it (our typed errors stay errors)
+            if isinstance(e, CngptError):
+                raise
             parser.error(str(e))
         for text in texts:
             print(text)

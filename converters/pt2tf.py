@@ -1,7 +1,8 @@
 """`python -m converters.pt2tf`: a PyTorch Chinese GPT-2 -> TF1 checkpoint, HF TF2 and SavedModel, verified.
 
 Everything is written into a temporary folder beside OUT_DIR and renamed into place only after every
-format has been reloaded and its logits checked, so a failure or Ctrl-C leaves no half-written OUT_DIR.
+format has been reloaded and its logits checked, so a failure, Ctrl-C, SIGTERM or SIGHUP leaves no
+half-written OUT_DIR; OUT_DIR is never the source, nor holds it or lies inside it (`output.check_output`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 
 from cngpt_tf import cli
 from cngpt_tf.config import GPT2Config, with_vocab, write_json
+from cngpt_tf.errors import ConfigError
 from cngpt_tf.formats import names
 from cngpt_tf.formats.pytorch import read_pytorch
-from cngpt_tf.formats.source import open_source
+from cngpt_tf.formats.source import HUB_PATTERNS, default_cache_dir, open_source
 
 from .output import check_output, move_into_place, workspace
 
@@ -27,6 +29,7 @@ log = logging.getLogger("converters.pt2tf")
 FORMATS = ("tf1", "tf2", "saved_model")
 SAVED_MODEL_VERSION = 1
 REPORT = "conversion_report.json"
+PRODUCED = (*FORMATS, REPORT)  # what --overwrite may replace in OUT_DIR
 
 EXAMPLE = """\
 example:
@@ -63,19 +66,24 @@ def convert(
     """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    out_dir = Path(out_dir)
-    check_output(out_dir, overwrite)
+    target = check_output(out_dir, overwrite, PRODUCED, _inputs(src, cache_dir))  # OUT_DIR's real path
     steps = _Steps(["read", *formats, "verify"], progress)
-    with open_source(src, cache_dir=cache_dir, progress=progress) as files, workspace(out_dir) as work, \
+    with open_source(src, cache_dir=cache_dir, progress=progress) as files, workspace(target) as work, \
             logging_redirect_tqdm():  # log lines print above the bar instead of through it
         with steps("read"):
             config, vocab_ids = with_vocab(GPT2Config.from_file(files.config, files.shown(files.config)), files.vocab)
+            settings = None
+            if "saved_model" in formats and not no_generate:
+                from .saved_model import GenerationSettings
+
+                settings = generation or GenerationSettings()
+                try:
+                    settings.check_for(config)  # before reading the weights
+                except ValueError as e:
+                    raise GenerationFlagError(f"{e} (model {files.shown(files.config)})") from e
             tensors = read_pytorch(files.weights)
             names.check(tensors, names.PT, config, origin=files.shown(files.weights))  # before writing anything
             log.info("%s: %d tensors, %s", files.shown(files.weights), len(tensors), _describe(config))
-        from .saved_model import GenerationSettings
-
-        settings = None if no_generate else (generation or GenerationSettings())
         written = {}
         for fmt in formats:
             with steps(fmt):
@@ -98,7 +106,7 @@ def convert(
         write_json(work / REPORT, report)
         print(table(results, atol))
         check(results, atol)  # raises VerificationError: then nothing is moved into place
-        move_into_place(work, out_dir)
+        move_into_place(work, target)
     log.info("wrote %s", out_dir)
     return report
 
@@ -160,19 +168,41 @@ def main(argv=None) -> int:
         if args.demo:
             from .demo import build_demo_zip
 
-            src = str(build_demo_zip(cache_dir=args.cache_dir))
             out = paths[0]
+            # the demo zip is built in the cache: check OUT_DIR against it before writing there
+            check_output(out, args.overwrite, PRODUCED, [args.cache_dir or default_cache_dir()])
+            src = str(build_demo_zip(cache_dir=args.cache_dir))
         else:
             src, out = paths
-        convert(src, out, formats=formats, overwrite=args.overwrite, atol=args.atol, cache_dir=args.cache_dir,
-                progress=not args.quiet, generation=generation, no_generate=args.no_generate,
-                saved_model_version=args.saved_model_version)
+        try:
+            convert(src, out, formats=formats, overwrite=args.overwrite, atol=args.atol, cache_dir=args.cache_dir,
+                    progress=not args.quiet, generation=generation, no_generate=args.no_generate,
+                    saved_model_version=args.saved_model_version)
+        except GenerationFlagError as e:  # a flag this model cannot honour: a usage error
+            parser.error(str(e))
         print(f"done: {out}")
 
     return cli.run_main(run)
 
 
 # ----- helpers ------------------------------------------------------------------------------------
+
+
+class GenerationFlagError(ConfigError):
+    """A generation setting the model cannot honour (`GenerationSettings.check_for`: max_new_tokens,
+    top_k); the CLI shows it as a usage error."""
+
+
+def _inputs(src: str, cache_dir) -> list[Path]:
+    """What OUT_DIR must stay apart from: the source (and model files linked from its folder), or for
+    a URL the download cache. A hub id's snapshot lives in the hub's own cache: nothing to check."""
+    src = str(src)
+    if src.startswith(("http://", "https://")):
+        return [Path(cache_dir or default_cache_dir())]
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return [path, *(path / n for n in HUB_PATTERNS if (path / n).is_symlink())]
+    return [path] if path.exists() or path.is_symlink() else []
 
 
 def _do_lower_case(folder: Path) -> bool:
@@ -184,13 +214,14 @@ def _do_lower_case(folder: Path) -> bool:
 
 
 def _generation_settings(args, parser):
-    """The export's generation settings from the flags, checked before any work (argparse errors)."""
-    from .saved_model import GenerationSettings
-
+    """The export's generation settings from the flags, checked before any work (argparse errors);
+    those that depend on the model (max_new_tokens, top_k) are checked once config.json is read."""
     if args.max_new_tokens < 1:
         parser.error(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
     if args.saved_model_version < 1:
         parser.error(f"--saved_model_version must be >= 1, got {args.saved_model_version}")
+    from .saved_model import GenerationSettings
+
     settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.top_k, args.top_p, args.temperature,
                                   args.repetition_penalty)
     try:

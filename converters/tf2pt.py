@@ -29,9 +29,16 @@ example:
 """
 
 
+# What --overwrite may replace in OUT_DIR: what this writes, and the tokenizer files of a model folder.
+PRODUCED = ("pytorch_model.bin", "model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json",
+            "special_tokens_map.json", "tokenizer.json")
+
+
 def convert_back(src: str | Path, out_dir: str | Path, *, safetensors: bool = False, overwrite: bool = False) -> Path:
     """Convert a tf1/ or tf2/ folder into a PyTorch model folder; return out_dir."""
     src, out_dir = Path(src), Path(out_dir)
+    # the folder and every file in it (a linked file may live in OUT_DIR)
+    target = check_output(out_dir, overwrite, PRODUCED, [src, *(src.iterdir() if src.is_dir() else ())])
     if (src / "hparams.json").is_file():
         from cngpt_tf.formats.tf1 import read_tf1 as read
     elif (src / "tf_model.h5").is_file():
@@ -39,15 +46,14 @@ def convert_back(src: str | Path, out_dir: str | Path, *, safetensors: bool = Fa
     else:
         raise SourceError(f"{src}: neither a tf1/ folder (hparams.json) nor a tf2/ folder (tf_model.h5)")
     vocab = src / "vocab.txt"
-    check_output(out_dir, overwrite)
     config, tensors = read(src)
     config, _ = with_vocab(config, vocab)
-    with workspace(out_dir) as work:
+    with workspace(target) as work:
         weights = write_pytorch(work, tensors, safetensors=safetensors)
         write_json(work / "config.json", config.to_hf_dict())
         shutil.copyfile(vocab, work / "vocab.txt")
         log.info("wrote %s (%d tensors)", weights.name, len(tensors))
-        move_into_place(work, out_dir)
+        move_into_place(work, target)
     return out_dir
 
 

@@ -533,20 +533,37 @@ def test_shape_mismatch_error_names_the_weights_file(tiny_pt_dir, tmp_path, caps
 
 def test_existing_out_dir_refused_then_overwritten(tiny_pt_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious", encoding="utf-8")
+    rc, _, err = run_main([tiny_pt_dir, out, "--formats", "tf1", "-q"], capsys)
+    assert rc == 0, err
+    first = (out / "tf1").stat().st_ino
+
     rc, _, err = run_main([tiny_pt_dir, out, "--formats", "tf1", "-q"], capsys)
     assert rc != 0
     lines = error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(out) in lines[0] and "--overwrite" in lines[0]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert (out / "keep.txt").read_text(encoding="utf-8") == "precious"
+    assert (out / "tf1").stat().st_ino == first
     assert leftovers(tmp_path) == []
 
     rc, _, err = run_main([tiny_pt_dir, out, "--formats", "tf1", "--overwrite", "-q"], capsys)
     assert rc == 0, err
     assert {p.name for p in out.iterdir()} == {"tf1", "conversion_report.json"}
+    assert (out / "tf1").stat().st_ino != first  # replaced
     assert leftovers(tmp_path) == []
+
+
+def test_overwrite_never_removes_what_a_conversion_did_not_write(tiny_pt_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious", encoding="utf-8")
+    for extra in ([], ["--overwrite"]):
+        rc, _, err = run_main([tiny_pt_dir, out, "--formats", "tf1", "-q", *extra], capsys)
+        assert rc == 2
+        lines = error_lines(err)
+        assert len(lines) == 1 and lines[0].startswith(f"error: {out}: "), err
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+        assert (out / "keep.txt").read_text(encoding="utf-8") == "precious"
+        assert leftovers(tmp_path) == []
+    assert "keep.txt" in lines[0]
 
 
 def test_empty_existing_out_dir_is_fine(tiny_pt_dir, tmp_path, capsys):

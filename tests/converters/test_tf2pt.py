@@ -88,10 +88,18 @@ def test_existing_out_dir_is_refused(converted, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back"]
 
 
-def test_overwrite_replaces(converted, tmp_path, capsys):
+def test_overwrite_replaces_a_previous_conversion_only(converted, tmp_path, capsys):
     out = tmp_path / "back"
-    out.mkdir()
-    (out / "stale.txt").write_text("old", encoding="utf-8")
+    rc, _, err = run_main([converted / "tf1", out, "-q", "--safetensors"], capsys)
+    assert rc == 0, err
     rc, _, err = run_main([converted / "tf2", out, "--overwrite", "-q"], capsys)
     assert rc == 0, err
     assert {p.name for p in out.iterdir()} == {"pytorch_model.bin", "config.json", "vocab.txt"}
+
+    (out / "stale.txt").write_text("mine", encoding="utf-8")
+    rc, _, err = run_main([converted / "tf2", out, "--overwrite", "-q"], capsys)
+    assert rc == 2
+    lines = error_lines(err)
+    assert len(lines) == 1 and "stale.txt" in lines[0] and "previous conversion" in lines[0], err
+    assert (out / "stale.txt").read_text(encoding="utf-8") == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back"]

@@ -1,0 +1,197 @@
+"""Every CLI failure is one line: `cli.run_main` maps each kind of error to `error: ...` and an exit code,
+signals to 128 + their number (also when their KeyboardInterrupt was swallowed), and restores the
+signal handlers; CLIs reject flags that cannot work before they read any weights.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from cngpt_tf import cli, generate, interrupts
+from cngpt_tf.errors import SourceError, VerificationError
+
+
+def run(fn, capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    rc = cli.run_main(fn)
+    return rc, capsys.readouterr().err.splitlines()
+
+
+def raising(error: BaseException):
+    def fn():
+        raise error
+    return fn
+
+
+@pytest.mark.parametrize("error, code, text", [
+    (SourceError("model/: missing vocab.txt"), 2, "error: model/: missing vocab.txt"),
+    (VerificationError("verification failed\n  tf1: 0.5"), 3, "error: verification failed tf1: 0.5"),
+    (OSError(errno.ENOSPC, "No space left on device", "out/.out.tmp-1-x/tf1"), 1,
+     "error: [Errno 28] No space left on device: 'out/.out.tmp-1-x/tf1'"),
+    (PermissionError(errno.EACCES, "Permission denied", "/ro/out"), 1,
+     "error: [Errno 13] Permission denied: '/ro/out'"),
+    (ValueError("bad\nvalue"), 1, "error: bad value"),
+    (MemoryError(), 1, "error: out of memory"),
+    (RuntimeError("deep\n  inside"), 1, "error: RuntimeError: deep inside (rerun with --verbose for the traceback)"),
+    (KeyboardInterrupt(), 130, "error: interrupted by SIGINT"),
+])
+def test_each_error_is_one_line_with_its_code(error, code, text, capsys):
+    rc, lines = run(raising(error), capsys)
+    assert (rc, lines) == (code, [text])
+
+
+def test_tensorflow_error_is_one_line(capsys):
+    import tensorflow as tf
+
+    rc, lines = run(raising(tf.errors.DataLossError(None, None, "truncated record at 123\n\t[[node x]]")), capsys)
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: DataLossError: truncated record at 123")
+
+
+def test_very_long_message_is_cut(capsys):
+    rc, lines = run(raising(ValueError("x" * 100_000)), capsys)
+    assert rc == 1 and len(lines) == 1 and len(lines[0]) < 2100
+
+
+def test_verbose_adds_the_traceback(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_verbose", True)
+    rc, lines = run(raising(OSError(errno.ENOSPC, "No space left on device")), capsys)
+    assert rc == 1 and lines[0] == "Traceback (most recent call last):"
+    assert lines[-1] == "error: [Errno 28] No space left on device"
+
+
+def test_usage_errors_pass_through():
+    with pytest.raises(SystemExit) as info:
+        cli.run_main(raising(SystemExit(2)))
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_signal_becomes_its_exit_code_and_handlers_are_restored(signum, code, capsys):
+    before = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
+    reached = []
+
+    def fn():
+        try:
+            signal.raise_signal(signum)
+        finally:
+            reached.append("finally")  # cleanup runs as for Ctrl-C
+        reached.append("after")
+
+    rc, lines = run(fn, capsys)
+    assert (rc, lines, reached) == (code, [f"error: interrupted by {signal.Signals(signum).name}"], ["finally"])
+    assert {s: signal.getsignal(s) for s in interrupts.SIGNALS} == before
+    assert interrupts.received() is None  # the record does not outlive the run
+
+
+def test_swallowed_interrupt_still_fails_the_run(capsys):
+    def fn():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass  # what a __del__, a callback or TensorFlow's cleanup does to it
+
+    rc, lines = run(fn, capsys)
+    assert (rc, lines) == (143, ["error: interrupted by SIGTERM"])
+
+
+def test_ignored_signal_stays_ignored(capsys):
+    """`nohup` ignores SIGHUP: the run must not end on a hang-up."""
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        rc, lines = run(lambda: signal.raise_signal(signal.SIGHUP), capsys)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert (rc, lines) == (0, [])
+
+
+def test_deferred_block_is_not_cut_and_raises_after():
+    done = []
+    with interrupts.handled():
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.deferred():
+                signal.raise_signal(signal.SIGTERM)
+                done.append("rest of the block")
+        assert done == ["rest of the block"] and interrupts.received() == signal.SIGTERM
+
+
+# ----- flags checked before any weights are read -----------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", [["--max_new_tokens", "0"], ["--max_length", "0"], ["--num_return_sequences", "0"]])
+def test_generate_rejects_lengths_below_one_before_loading(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:  # the model does not exist: a load would be an "error:" line
+        generate.main([str(tmp_path / "no_model"), "春", *flag])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "usage:" in err and f"{flag[0]} must be >= 1" in err
+
+
+class _FakeGenerator:
+    def __init__(self, error):
+        self.error = error
+
+    def generate(self, *args, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, usage", [(ValueError("temperature must be finite, got nan"), True),
+                                          (SourceError("model/: missing vocab.txt"), False)])
+def test_generate_library_value_error_is_a_usage_error(error, usage, capsys, monkeypatch):
+    import cngpt_tf.generator
+
+    monkeypatch.setattr(cngpt_tf.generator.Generator, "from_pretrained",
+                        staticmethod(lambda path: _FakeGenerator(error)))
+    if usage:
+        with pytest.raises(SystemExit) as info:
+            generate.main(["model", "春", "--temperature", "nan"])
+        assert info.value.code == 2 and "temperature must be finite" in capsys.readouterr().err
+    else:  # our typed errors stay `error:` lines with their code
+        assert generate.main(["model", "春"]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == "error: model/: missing vocab.txt"
+
+
+@pytest.mark.parametrize("flag, value", [("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "0"),
+                                         ("--repetition_penalty", "inf"), ("--top_p", "nan")])
+def test_pt2tf_rejects_sampling_flags_that_cannot_work_at_once(flag, value, tmp_path, capsys):
+    from converters import pt2tf
+
+    with pytest.raises(SystemExit) as info:  # the model does not exist: reading it would be an "error:" line
+        pt2tf.main([str(tmp_path / "no_model"), str(tmp_path / "out"), flag, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "usage:" in err and flag[2:] in err.splitlines()[-1], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value, text", [("--max_new_tokens", "64", "max_new_tokens"),
+                                               ("--top_k", "100000", "top_k=100000")])
+def test_pt2tf_rejects_flags_the_config_cannot_honour_before_reading_weights(flag, value, text, tiny_pt_dir,
+                                                                              tmp_path, capsys):
+    from converters import pt2tf
+
+    model = Path(shutil.copytree(tiny_pt_dir, tmp_path / "model"))
+    (model / "pytorch_model.bin").write_bytes(b"not a checkpoint")  # reading it would fail otherwise
+    with pytest.raises(SystemExit) as info:
+        pt2tf.main([str(model), str(tmp_path / "out"), flag, value, "-q"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "usage:" in err and text in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_pt2tf_disk_full_is_one_line_and_leaves_nothing(tiny_pt_dir, tmp_path, capsys, monkeypatch):
+    from converters import pt2tf
+
+    def full(fmt, work, *args):
+        (work / fmt).mkdir()
+        raise OSError(errno.ENOSPC, "No space left on device", str(work / fmt / "model.ckpt"))
+
+    monkeypatch.setattr(pt2tf, "_write", full)
+    rc = pt2tf.main([str(tiny_pt_dir), str(tmp_path / "out"), "--formats", "tf1", "-q"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith(("INFO ", "WARNING "))]
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: [Errno 28] No space left on device"), err
+    assert list(tmp_path.iterdir()) == []  # no OUT_DIR, no temp folder
