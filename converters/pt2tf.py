@@ -38,7 +38,7 @@ example:
   # -> out/tf1/ (openai/gpt-2 checkpoint), out/tf2/ (TFGPT2LMHeadModel), out/saved_model/1/,
   #    out/conversion_report.json, and a table of the logits check per format
 
-  # no weights at hand: build a small random Chinese GPT-2 zip and convert it the same way
+  # no weights at hand: the embedded demo, a small GPT-2 trained on Tang poems, converted the same way
   python -m converters.pt2tf --demo demo_out/
 """
 
@@ -68,8 +68,9 @@ def convert(
 
     target = check_output(out_dir, overwrite, PRODUCED, _inputs(src, cache_dir))  # OUT_DIR's real path
     steps = _Steps(["read", *formats, "verify"], progress)
-    with open_source(src, cache_dir=cache_dir, progress=progress) as files, workspace(target) as work, \
-            logging_redirect_tqdm():  # log lines print above the bar instead of through it
+    # logging first: every log line, the source's too, prints above the bar instead of through it
+    with logging_redirect_tqdm(), open_source(src, cache_dir=cache_dir, progress=progress) as files, \
+            workspace(target) as work:
         with steps("read"):
             config, vocab_ids = with_vocab(GPT2Config.from_file(files.config, files.shown(files.config)), files.vocab)
             settings = None
@@ -81,7 +82,7 @@ def convert(
                     settings.check_for(config)  # before reading the weights
                 except ValueError as e:
                     raise GenerationFlagError(f"{e} (model {files.shown(files.config)})") from e
-            tensors = read_pytorch(files.weights)
+            tensors = read_pytorch(files.weights, files.shown(files.weights))
             names.check(tensors, names.PT, config, origin=files.shown(files.weights))  # before writing anything
             log.info("%s: %d tensors, %s", files.shown(files.weights), len(tensors), _describe(config))
         written = {}
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT_DIR")
     parser.add_argument("--atol", type=float, default=1e-4, help="max abs logits difference (default %(default)s)")
     parser.add_argument("--cache_dir", help="download cache for URLs (default $CNGPT_CACHE or ~/.cache/cngpt_tf)")
-    parser.add_argument("--demo", action="store_true", help="build a small random demo model zip and convert it")
+    parser.add_argument("--demo", action="store_true", help="convert the embedded demo release (a small GPT-2 trained on Tang poems)")
     serving = parser.add_argument_group("SavedModel generation signatures (fixed at export)")
     serving.add_argument("--no_generate", action="store_true", help="export the logits signature only")
     serving.add_argument("--saved_model_version", type=int, default=SAVED_MODEL_VERSION,
@@ -166,12 +167,9 @@ def main(argv=None) -> int:
 
     def run():
         if args.demo:
-            from .demo import build_demo_zip
+            from cngpt_tf.demo import demo_release
 
-            out = paths[0]
-            # the demo zip is built in the cache: check OUT_DIR against it before writing there
-            check_output(out, args.overwrite, PRODUCED, [args.cache_dir or default_cache_dir()])
-            src = str(build_demo_zip(cache_dir=args.cache_dir))
+            src, out = str(demo_release()), paths[0]
         else:
             src, out = paths
         try:

@@ -119,15 +119,9 @@ def case_url_cache_inside_out(tmp, model):
         "holds the input"
 
 
-def case_demo_cache_inside_out(tmp, model):
-    cache = tmp / "out" / "cache"
-    cache.mkdir(parents=True)
-    return ["--demo", tmp / "out", "--cache_dir", cache, "--overwrite"], tmp / "out", "holds the input"
-
-
 OVERLAPS = [case_same_folder, case_zip_inside_out, case_model_inside_out, case_out_inside_model,
             case_out_links_to_src_parent, case_src_links_to_out, case_weights_linked_from_out,
-            case_url_cache_inside_out, case_demo_cache_inside_out]
+            case_url_cache_inside_out]
 
 
 @pytest.mark.parametrize("make", OVERLAPS, ids=lambda f: f.__name__[5:])

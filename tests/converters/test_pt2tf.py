@@ -619,7 +619,8 @@ def test_demo(tmp_path, capsys):
     report = json.loads((out / "conversion_report.json").read_text(encoding="utf-8"))
     assert report["passed"] is True and set(report["formats"]) == {"tf1", "tf2", "saved_model"}
     assert f"done: {out}" in stdout
-    assert (tmp_path / "cache" / "demo" / "gpt2_demo_CN.zip").is_file()
+    assert report["source"].endswith("gpt2_poem_demo_CN.zip")  # the packaged release, nothing built
+    assert not (tmp_path / "cache").exists()
 
 
 def test_corrupt_weights_inside_zip_named_as_zip_member(tiny_pt_dir, tmp_path, capsys):

@@ -91,11 +91,10 @@ def _default_signals():
 
 
 def test_sigterm_from_outside_cleans_up(tmp_path):
-    tmpdir, cache, out = tmp_path / "tmpdir", tmp_path / "cache", tmp_path / "out"
+    tmpdir, out = tmp_path / "tmpdir", tmp_path / "out"
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "converters.pt2tf", "--demo", str(out), "--cache_dir", str(cache),
-                             "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "converters.pt2tf", "--demo", str(out), "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_signals)
     try:
         deadline = time.monotonic() + 240
@@ -110,5 +109,5 @@ def test_sigterm_from_outside_cleans_up(tmp_path):
             proc.communicate()
     assert proc.returncode == 143, err
     assert "Traceback" not in err and error_lines(err) == ["error: interrupted by SIGTERM"], err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmpdir"]  # no OUT_DIR, no .out.tmp-*
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmpdir"]  # no OUT_DIR, no .out.tmp-*
     assert list(tmpdir.iterdir()) == []  # the zip's extraction folder is gone too
