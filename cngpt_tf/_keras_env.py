@@ -9,4 +9,6 @@ An explicit setting by the user wins (`setdefault`).
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# The CLIs quieten TensorFlow's native log further (cli.quiet_tensorflow) unless the user chose a level.
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ INFO banner on every import

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import signal
 import sys
+import tempfile
 import traceback
 
 from . import interrupts
@@ -33,6 +36,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 def setup_logging(verbose: bool) -> None:
     global _verbose
     _verbose = verbose  # run_main then prints tracebacks too
+    quiet_tensorflow(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -46,6 +50,38 @@ def setup_logging(verbose: bool) -> None:
 
 
 _verbose = False
+
+# What TensorFlow's native code prints to fd 2 while it loads, whatever TF_CPP_MIN_LOG_LEVEL says:
+# absl's "before InitializeLog" banner and glog-style INFO/WARNING lines (oneDNN, the CUDA probe).
+_NATIVE_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} [\d:. ]+\d+ \S+:\d+\] ")
+
+
+def quiet_tensorflow(verbose: bool) -> None:
+    """Load TensorFlow with its native start-up lines held back, and its later native log at ERROR+
+    hidden too (on a machine without a GPU it logs "E... failed call to cuInit: CUDA error", which
+    reads like a failure). --verbose, or a TF_CPP_MIN_LOG_LEVEL the user set, keeps everything.
+    Lines that are not TensorFlow's native log are replayed on stderr."""
+    from ._keras_env import USER_TF_LOG_LEVEL
+
+    if "tensorflow" in sys.modules or USER_TF_LOG_LEVEL is not None:
+        return
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        for line in held.read().decode("utf-8", "replace").splitlines(keepends=True):
+            if not _NATIVE_NOISE.match(line):
+                sys.stderr.write(line)
 
 
 def run_main(fn) -> int:

@@ -43,11 +43,13 @@ _SAFETENSORS_DTYPES = {
 MAX_SAFETENSORS_HEADER = 8 << 20  # GPT-2 small's header is ~15 KB
 
 
-def read_pytorch(path: str | Path) -> dict[str, np.ndarray]:
-    """Load `path` (.bin or .safetensors) into float32 arrays under GPT2Model names."""
+def read_pytorch(path: str | Path, origin: str | None = None) -> dict[str, np.ndarray]:
+    """Load `path` (.bin or .safetensors) into float32 arrays under GPT2Model names.
+
+    origin: how log lines name the file, if not by `path` (e.g. "release.zip:model/pytorch_model.bin")."""
     path = Path(path)
     raw = _read_safetensors(path) if path.suffix == ".safetensors" else torch_pickle.load_state_dict(path)
-    return normalise_state_dict(raw, str(path))
+    return normalise_state_dict(raw, origin or str(path))
 
 
 def normalise_state_dict(raw: dict[str, np.ndarray], origin: str) -> dict[str, np.ndarray]:
