@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import traceback
+import unicodedata
 
 from . import interrupts
 from .errors import CngptError
@@ -37,11 +38,9 @@ def setup_logging(verbose: bool) -> None:
     global _verbose
     _verbose = verbose  # run_main then prints tracebacks too
     quiet_tensorflow(verbose)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     if not verbose:  # TF and HF are chatty; keep our own lines readable
         for noisy in ("tensorflow", "absl", "h5py", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -129,5 +128,21 @@ def _report(e: BaseException) -> int:
 
 
 def _one_line(e: BaseException, limit: int = 2000) -> str:
-    text = " ".join(str(e)[: 4 * limit].split()) or type(e).__name__
+    text = printable(" ".join(str(e)[: 4 * limit].split()) or type(e).__name__)
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def printable(text: str) -> str:
+    """`text` with control and format characters escaped (\\x1b, \\u202e, a newline): a file or
+    member name from a hostile zip must not move the cursor, retitle the terminal or split a line."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
+
+
+_UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp"}  # controls, bidi and zero-width formats, line/paragraph separators
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines as our error lines: the message escaped by `printable`, so one record is one line."""
+
+    def formatMessage(self, record):
+        return printable(super().formatMessage(record))

@@ -21,7 +21,7 @@ import tensorflow as tf
 from . import model, native
 from .config import GPT2Config, with_vocab
 from .decoding import BUCKET, check_prompts, compile_decoder, generate_bucketed, round_up
-from .errors import SourceError
+from .errors import SourceError, short_repr
 from .poetry import PoemConstraint
 from .sampling import SEED_MAX, SamplingConfig, check_seed, make_sampler
 
@@ -104,7 +104,7 @@ class Generator:
         pad = self._pad_id(pad_token_id)
         ids, mask = _left_pad(input_ids, attention_mask, pad, self.config.n_vocab)
         max_new = _new_token_budget(ids, mask, max_new_tokens, max_length, self.config.n_ctx)
-        _check_int("min_new_tokens", min_new_tokens, 0)
+        _check_int("min_new_tokens", min_new_tokens, 0, max_new)  # never more than it may generate
         _check_int("num_return_sequences", num_return_sequences, 1)
         if num_return_sequences > 1 and not do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy rows would be identical)")
@@ -276,7 +276,7 @@ def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> No
     if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum
             or (maximum is not None and value > maximum)):
         upto = f" and <= {maximum}" if maximum is not None else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{upto}, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}{upto}, got {short_repr(value)}")
 
 
 def _seed(seed) -> int:

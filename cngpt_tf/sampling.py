@@ -25,6 +25,9 @@ NEG_INF = float("-inf")
 # divides or multiplies seen logits: the same bounds for the same reasons.
 TEMPERATURE_RANGE = (1e-2, 1e2)
 PENALTY_RANGE = (1e-2, 1e2)
+# top_p is compared in float32 with a probability mass: a value that rounds to 0 there (below ~1e-45)
+# would keep no token at all. 1e-6 keeps only the most likely token in any vocab, as any smaller would.
+TOP_P_RANGE = (1e-6, 1.0)
 # Seeds: a non-negative int32, the width of the sampler's seed. One rule for the Python API and the
 # SavedModel (`check_seed`): anything else is refused, never wrapped.
 SEED_MAX = 2**31 - 1
@@ -41,19 +44,21 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # in PENALTY_RANGE; 1.0: off; CTRL's rule, as HF applies it
 
     def validate(self, n_vocab: int | None = None) -> "SamplingConfig":
-        """Raise ValueError naming the first bad field; n_vocab (when given) bounds top_k."""
+        """Raise ValueError naming the first bad field; n_vocab (when given) bounds top_k. Returns the
+        config with plain Python values (a Fraction or a numpy scalar would reach TensorFlow as is)."""
         if not isinstance(self.do_sample, (bool, np.bool_)):
             raise ValueError(f"do_sample must be True or False, got {short_repr(self.do_sample)}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {short_repr(self.top_k)}")
         if n_vocab is not None and self.top_k > n_vocab:
             raise ValueError(f"top_k={self.top_k} exceeds the vocab of {n_vocab} tokens")
-        if not 0.0 < _real("top_p", self.top_p) <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {short_repr(self.top_p)}")
-        for name, (low, high) in (("temperature", TEMPERATURE_RANGE), ("repetition_penalty", PENALTY_RANGE)):
+        for name, (low, high) in (("top_p", TOP_P_RANGE), ("temperature", TEMPERATURE_RANGE),
+                                  ("repetition_penalty", PENALTY_RANGE)):
             if not low <= _real(name, getattr(self, name)) <= high:  # NaN fails too
                 raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {short_repr(getattr(self, name))}")
-        return self
+        return dataclasses.replace(self, do_sample=bool(self.do_sample), top_k=int(self.top_k),
+                                   top_p=float(self.top_p), temperature=float(self.temperature),
+                                   repetition_penalty=float(self.repetition_penalty))
 
     @property
     def trace_key(self) -> tuple:

@@ -204,6 +204,10 @@ def _row_positions(rt: tf.RaggedTensor) -> tf.Tensor:
 
 
 def _table(keys, values, default) -> tf.lookup.StaticHashTable:
+    """A lookup table; a key given twice (a vocab may repeat a token) maps to its last value, as HF's
+    `load_vocab` reads it (TensorFlow's initializer would refuse the whole table)."""
+    pairs = dict(zip(keys, values))
+    keys, values = list(pairs), list(pairs.values())
     key_dtype = tf.string if keys and isinstance(keys[0], str) else tf.int32
     value_dtype = tf.string if isinstance(default, str) else tf.int32
     init = tf.lookup.KeyValueTensorInitializer(tf.constant(keys, key_dtype), tf.constant(values, value_dtype))

@@ -10,7 +10,9 @@ atomic (same filesystem); it is removed whatever happens, so a failure, Ctrl-C, 
 leaves no half-written OUT_DIR. A replaced OUT_DIR is first renamed to `.{OUT}.old-{pid}-{random}`,
 then removed. Stale folders: a machine killed outright (SIGKILL, power loss) cannot clean up, so each
 run first removes the `.{OUT}.tmp-*` and `.{OUT}.old-*` siblings whose process is no longer alive on
-this machine, or which are more than a day old (a pid from another machine on a shared disk).
+this machine, or which are more than a day old (a pid from another machine on a shared disk) -- but
+only folders that hold our MARKER file (a folder a user named like ours is never touched) and that
+are none of the run's inputs, nor hold one or lie inside one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cngpt_tf import interrupts
 from cngpt_tf.errors import OutputExistsError
 
 STALE_AFTER_S = 24 * 3600
+MARKER = ".cngpt-partial"  # in every temp or replaced folder of ours, until it is renamed into place
 
 
 def real_path(path: str | Path) -> Path:
@@ -46,17 +49,21 @@ def check_not_an_input(out_dir: str | Path, inputs: Iterable[str | Path]) -> Pat
         raise OutputExistsError(f"{out_dir}: exists and is not a folder")
     real = real_path(out_dir)
     for item in inputs:
-        source = real_path(item)
-        if real == source:
-            why = "is the input"
-        elif real in source.parents:
-            why = "holds the input"
-        elif source in real.parents:
-            why = "lies inside the input"
-        else:
-            continue
-        raise OutputExistsError(f"{out_dir}: {why} {item}; choose an output folder apart from the input")
+        why = _overlap(real, real_path(item))
+        if why:
+            raise OutputExistsError(f"{out_dir}: {why} {item}; choose an output folder apart from the input")
     return real
+
+
+def _overlap(path: Path, source: Path) -> str | None:
+    """How real path `path` overlaps real path `source`, or None."""
+    if path == source:
+        return "is the input"
+    if path in source.parents:
+        return "holds the input"
+    if source in path.parents:
+        return "lies inside the input"
+    return None
 
 
 def check_output(out_dir: str | Path, overwrite: bool, produced: Iterable[str],
@@ -79,15 +86,21 @@ def check_output(out_dir: str | Path, overwrite: bool, produced: Iterable[str],
 
 
 @contextlib.contextmanager
-def workspace(out_dir: Path):
+def workspace(out_dir: Path, inputs: Iterable[str | Path] = ()):
     """A temp folder beside out_dir (same filesystem, so the final rename is atomic), always removed.
-    Stale temp folders of earlier runs into the same out_dir are removed first."""
+    Stale temp folders of earlier runs into the same out_dir are removed first (never an input)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out_dir)
+    remove_stale(out_dir, inputs)
     work = None
     try:
         with interrupts.deferred():  # no signal between making the folder and knowing its name
             work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+            (work / MARKER).touch()
+            # mkdtemp makes it 0700: give the output the permissions a new folder gets (a model
+            # server often runs as another user)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(work, 0o777 & ~umask)
         yield work
     finally:
         if work is not None:
@@ -104,20 +117,28 @@ def move_into_place(work: Path, out_dir: Path) -> None:
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
             out_dir.rename(old)
+            (old / MARKER).touch()  # a previous output, now ours to remove
+        (work / MARKER).unlink(missing_ok=True)
         work.rename(out_dir)  # atomic: same parent folder
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def remove_stale(out_dir: Path) -> list[Path]:
-    """Remove `.{OUT}.tmp-{pid}-*` / `.{OUT}.old-{pid}-*` beside out_dir whose pid is not alive or
-    that are older than STALE_AFTER_S; return what was removed."""
+def remove_stale(out_dir: Path, inputs: Iterable[str | Path] = ()) -> list[Path]:
+    """Remove `.{OUT}.tmp-{pid}-*` / `.{OUT}.old-{pid}-*` beside out_dir that hold our MARKER, whose
+    pid is not alive or that are older than STALE_AFTER_S, and that overlap none of `inputs`;
+    return what was removed."""
     pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(?:tmp|old)-(\d+)-.+")
+    sources = [real_path(item) for item in inputs]
     removed = []
     with contextlib.suppress(OSError):
         for path in out_dir.parent.iterdir():
             match = pattern.fullmatch(path.name)
-            if match and path.is_dir() and not path.is_symlink() and _is_stale(path, int(match.group(1))):
+            if not (match and path.is_dir() and not path.is_symlink() and (path / MARKER).is_file()):
+                continue
+            if any(_overlap(real_path(path), source) for source in sources):
+                continue
+            if _is_stale(path, int(match.group(1))):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed

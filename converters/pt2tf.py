@@ -66,11 +66,12 @@ def convert(
     """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    target = check_output(out_dir, overwrite, PRODUCED, _inputs(src, cache_dir))  # OUT_DIR's real path
+    inputs = _inputs(src, cache_dir)
+    target = check_output(out_dir, overwrite, PRODUCED, inputs)  # OUT_DIR's real path
     steps = _Steps(["read", *formats, "verify"], progress)
     # logging first: every log line, the source's too, prints above the bar instead of through it
     with logging_redirect_tqdm(), open_source(src, cache_dir=cache_dir, progress=progress) as files, \
-            workspace(target) as work:
+            workspace(target, inputs) as work:
         with steps("read"):
             config, vocab_ids = with_vocab(GPT2Config.from_file(files.config, files.shown(files.config)), files.vocab)
             settings = None
@@ -157,10 +158,12 @@ def main(argv=None) -> int:
     paths = [p for p in (args.src, args.out_dir) if p is not None]
     if len(paths) != (1 if args.demo else 2):
         parser.error("give SRC OUT_DIR, or --demo OUT_DIR")
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    formats = tuple(dict.fromkeys(f.strip() for f in args.formats.split(",") if f.strip()))  # once each
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         parser.error(f"--formats: unknown format(s) {unknown or formats}; choose from {','.join(FORMATS)}")
+    if not 0 <= args.atol < float("inf"):  # NaN fails too
+        parser.error(f"--atol must be a finite number >= 0, got {args.atol}")
     cli.setup_logging(args.verbose)
 
     generation = _generation_settings(args, parser)
@@ -216,8 +219,8 @@ def _generation_settings(args, parser):
     those that depend on the model (max_new_tokens, top_k) are checked once config.json is read."""
     if args.max_new_tokens < 1:
         parser.error(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    if args.saved_model_version < 1:
-        parser.error(f"--saved_model_version must be >= 1, got {args.saved_model_version}")
+    if not 1 <= args.saved_model_version < 2**63:  # TF Serving reads the folder name as an int64
+        parser.error(f"--saved_model_version must be an integer in [1, 2**63 - 1], got {args.saved_model_version}")
     from .saved_model import GenerationSettings
 
     settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.top_k, args.top_p, args.temperature,

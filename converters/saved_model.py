@@ -174,9 +174,9 @@ class _PoemTables(tf.Module):
         vocab = PoemVocab(tokens, sep_id)
         self.table = tf.constant(vocab.table)
         self.char_group = tf.constant(vocab.char_group)
-        cjk = [(t, i) for i, t in enumerate(tokens) if vocab.cjk[i]]
+        cjk = {t: i for i, t in enumerate(tokens) if vocab.cjk[i]}  # a repeated token: the last id, as HF
         self.char_ids = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            [t for t, _ in cjk], tf.constant([i for _, i in cjk], tf.int32)), default_value=-1)
+            list(cjk), tf.constant(list(cjk.values()), tf.int32)), default_value=-1)
         self.forms = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             list(FORMS), tf.constant([c * 100 + n for c, n in FORMS.values()], tf.int32)), default_value=-1)
 

@@ -38,7 +38,8 @@ def convert_back(src: str | Path, out_dir: str | Path, *, safetensors: bool = Fa
     """Convert a tf1/ or tf2/ folder into a PyTorch model folder; return out_dir."""
     src, out_dir = Path(src), Path(out_dir)
     # the folder and every file in it (a linked file may live in OUT_DIR)
-    target = check_output(out_dir, overwrite, PRODUCED, [src, *(src.iterdir() if src.is_dir() else ())])
+    inputs = [src, *(src.iterdir() if src.is_dir() else ())]
+    target = check_output(out_dir, overwrite, PRODUCED, inputs)
     if (src / "hparams.json").is_file():
         from cngpt_tf.formats.tf1 import read_tf1 as read
     elif (src / "tf_model.h5").is_file():
@@ -48,7 +49,7 @@ def convert_back(src: str | Path, out_dir: str | Path, *, safetensors: bool = Fa
     vocab = src / "vocab.txt"
     config, tensors = read(src)
     config, _ = with_vocab(config, vocab)
-    with workspace(target) as work:
+    with workspace(target, inputs) as work:
         weights = write_pytorch(work, tensors, safetensors=safetensors)
         write_json(work / "config.json", config.to_hf_dict())
         shutil.copyfile(vocab, work / "vocab.txt")

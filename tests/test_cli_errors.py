@@ -6,6 +6,7 @@ signal handlers; CLIs reject flags that cannot work before they read any weights
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import signal
 from pathlib import Path
@@ -156,7 +157,9 @@ def test_generate_library_value_error_is_a_usage_error(error, usage, capsys, mon
 
 
 @pytest.mark.parametrize("flag, value", [("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "0"),
-                                         ("--repetition_penalty", "inf"), ("--top_p", "nan")])
+                                         ("--repetition_penalty", "inf"), ("--top_p", "nan"), ("--top_p", "1e-46"),
+                                         ("--atol", "nan"), ("--atol", "-1"), ("--atol", "inf"),
+                                         ("--saved_model_version", str(2**63))])
 def test_pt2tf_rejects_sampling_flags_that_cannot_work_at_once(flag, value, tmp_path, capsys):
     from converters import pt2tf
 
@@ -195,3 +198,25 @@ def test_pt2tf_disk_full_is_one_line_and_leaves_nothing(tiny_pt_dir, tmp_path, c
     lines = [line for line in err.splitlines() if not line.startswith(("INFO ", "WARNING "))]
     assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: [Errno 28] No space left on device"), err
     assert list(tmp_path.iterdir()) == []  # no OUT_DIR, no temp folder
+
+
+def test_control_characters_in_messages_and_log_lines_are_escaped(capsys):
+    """A member or file name from a hostile zip must not retitle the terminal, clear it or split a line."""
+    import logging
+
+    hostile = "release.zip: member 'a\x1b]0;pwned\x07\u202eb\u2028c' is bad"
+    rc, lines = run(raising(SourceError(hostile)), capsys)
+    # controls escaped; U+2028 is whitespace, so the one-line join makes it a space
+    assert rc == 2 and lines == ["error: release.zip: member 'a\\x1b]0;pwned\\x07\\u202eb c' is bad"]
+    cli.setup_logging(False)
+    logging.getLogger("cngpt_tf.test").warning("%s", "x\x1b[2Jy\nz")
+    assert capsys.readouterr().err.splitlines() == ["WARNING cngpt_tf.test: x\\x1b[2Jy\\nz"]
+
+
+def test_pt2tf_converts_each_format_once(tiny_pt_dir, tmp_path, capsys):
+    from converters import pt2tf
+
+    rc = pt2tf.main([str(tiny_pt_dir), str(tmp_path / "out"), "--formats", "tf1,tf1, tf1", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "conversion_report.json").read_text(encoding="utf-8"))
+    assert list(report["formats"]) == ["tf1"] and list(report["seconds"]) == ["read", "tf1", "verify"]

@@ -65,7 +65,8 @@ def normalise_state_dict(raw: dict[str, np.ndarray], origin: str) -> dict[str, n
         if name in state:
             raise WeightMappingError(f"{origin}: tensor {short_repr(name)} appears both with and without {_PREFIX!r}")
         state[name] = value
-    if lm_head is not None and "wte.weight" in state and not np.array_equal(lm_head, state["wte.weight"]):
+    if lm_head is not None and "wte.weight" in state and not np.array_equal(
+            lm_head, state["wte.weight"], equal_nan=True):  # a NaN is reported as such, by names.check_values
         raise WeightMappingError(
             f"{origin}: lm_head.weight differs from wte.weight (an untied output embedding); the TF1 "
             f"layout and TFGPT2LMHeadModel tie them and cannot hold it"
@@ -76,7 +77,8 @@ def normalise_state_dict(raw: dict[str, np.ndarray], origin: str) -> dict[str, n
         if bad:
             raise CheckpointError(f"{origin}: tensor {short_repr(bad[0])} is {state[bad[0]].dtype}, expected floating point")
         log.info("%s: upcasting %s tensors to float32", origin, "/".join(upcast))
-    return {name: np.asarray(value, dtype=np.float32) for name, value in state.items()}
+    with np.errstate(over="ignore"):  # a float64 beyond float32 becomes Inf, which names.check_values names
+        return {name: np.asarray(value, dtype=np.float32) for name, value in state.items()}
 
 
 def write_pytorch(folder: str | Path, state: dict[str, np.ndarray], safetensors: bool = False) -> Path:
@@ -143,7 +145,8 @@ def _safetensors_entries(path: Path, header, data_size: int) -> dict[str, tuple]
         ok = len(shape) <= 64 and len(offsets) == 2 and all(type(v) is int and 0 <= v < 2**62 for v in shape + offsets)
         if not ok or not offsets[0] <= offsets[1] <= data_size:
             raise CheckpointError(f"{shown} has a bad shape or data range (the file holds {data_size} bytes of data)")
-        too_big = 0 in shape and math.prod(d or 1 for d in shape) > 2**62  # numpy refuses it even empty
+        # numpy refuses a huge shape even when a 0 makes it empty; no real tensor nears 2**48 bytes
+        too_big = math.prod(d or 1 for d in shape) * dtype.itemsize > 2**48
         if math.prod(shape) * dtype.itemsize != offsets[1] - offsets[0] or too_big:
             raise CheckpointError(f"{shown}: shape {_clip(str(shape))} of {e['dtype']} does not fit "
                                   f"its {offsets[1] - offsets[0]} bytes")

@@ -217,6 +217,7 @@ BAD = [
     (dict(max_new_tokens=None), "max_new_tokens and max_length"),  # neither
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(min_new_tokens=-1), "min_new_tokens"),
+    (dict(min_new_tokens=5, max_new_tokens=4), "min_new_tokens"),  # more than it may generate
     (dict(num_return_sequences=2), "num_return_sequences"),  # greedy
     (dict(num_return_sequences=0, do_sample=True), "num_return_sequences"),
     # values that used to pass and then broke the output (NaN/inf logits, [PAD]s, a wrapped seed)

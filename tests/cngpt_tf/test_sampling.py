@@ -352,9 +352,27 @@ def test_validate_accepts_the_edges():
     for temperature, penalty in ((low, high), (high, low)):
         config = SamplingConfig(do_sample=True, top_k=0, top_p=1.0, temperature=temperature,
                                 repetition_penalty=penalty)
-        assert config.validate() is config
+        assert config.validate() == config
     SamplingConfig(top_k=50, top_p=1e-6).validate()
     SamplingConfig(do_sample=np.bool_(True), top_k=np.int64(3), top_p=np.float32(0.5)).validate(n_vocab=3)
+
+
+def test_validate_returns_plain_python_values():
+    """A Fraction or numpy scalars would reach TensorFlow as they are and fail there, unnamed."""
+    from fractions import Fraction
+
+    config = SamplingConfig(do_sample=np.bool_(True), top_k=np.int64(3), top_p=np.float32(0.5),
+                            temperature=Fraction(1, 3), repetition_penalty=np.float64(1.5)).validate()
+    assert [type(v) for v in (config.do_sample, config.top_k, config.top_p, config.temperature,
+                              config.repetition_penalty)] == [bool, int, float, float, float]
+    assert config.temperature == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("top_p", [1e-46, 1e-7, 0.0])
+def test_top_p_that_would_keep_no_token_is_refused(top_p):
+    """Below ~1e-45 a top_p rounds to 0 in float32 and the nucleus filter keeps nothing ([PAD]s)."""
+    with pytest.raises(ValueError, match=r"top_p must be in \[1e-06, 1\]"):
+        SamplingConfig(do_sample=True, top_p=top_p).validate()
 
 
 def test_validate_bounds_top_k_by_the_vocab():

@@ -136,3 +136,14 @@ def test_export_refuses_bad_settings_before_building_anything(tmp_path):
         with pytest.raises(ValueError, match=name):
             export_saved_model(tmp_path / "1", {}, TINY, tmp_path / "vocab.txt", GenerationSettings(**kwargs))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_poem_tables_take_a_vocab_that_repeats_a_token(tiny_vocab):
+    """A vocab may repeat a token (HF reads it: the last id wins); TensorFlow's table initializer
+    refuses a repeated key, which failed the whole SavedModel export with its own message."""
+    from converters.saved_model import _PoemTables
+
+    tokens = list(tiny_vocab)
+    tokens[5] = "床"  # [unused5] -> a second 床, before the first
+    tables = _PoemTables(tokens, tokens.index("[SEP]"))
+    assert int(tables.char_ids.lookup(tf.constant("床"))) == max(i for i, t in enumerate(tokens) if t == "床")

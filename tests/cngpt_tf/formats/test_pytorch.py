@@ -78,6 +78,7 @@ BROKEN = {  # name -> (header, data, length or None, what the message says)
     "size_mismatch": ({"w": _entry(shape=(3,))}, bytes(8), None, r"'w': shape \[3\] of F32 does not fit its 8"),
     "overflow": ({"w": _entry(shape=(2**61, 2**61))}, bytes(8), None, "does not fit"),
     "empty_but_huge": ({"w": _entry(shape=(0, 2**61, 2**61), offsets=(0, 0))}, b"", None, "does not fit"),
+    "empty_but_huge_bytes": ({"w": _entry(shape=(2**31, 2**31, 0), offsets=(0, 0))}, b"", None, "does not fit"),
     "overlap": ({"a": _entry(), "b": _entry(offsets=(4, 12))}, bytes(12), None, "tensors 'a' and 'b' overlap"),
     "long_name": ({"x" * 100_000: _entry("F8_E4M3")}, bytes(8), None, r"tensor 'x{10,}\.\.\."),
 }
@@ -107,3 +108,29 @@ def test_arrays_own_their_memory(tmp_path):
     w = _read_safetensors(path)["w"]
     w[0] = 5  # writable, and not a view of a file that may be deleted
     assert w.tolist() == [5, 1, 1, 1]
+
+
+def test_nan_in_a_tied_embedding_is_not_called_untied():
+    """lm_head.weight is wte.weight (tied); a NaN in it is not an untied embedding: NaN != NaN in
+    np.array_equal, so the tie is compared with equal_nan and the NaN left to names.check_values."""
+    from cngpt_tf.formats import names
+    from cngpt_tf.formats.pytorch import normalise_state_dict
+
+    wte = np.ones((4, 2), np.float32)
+    wte[0, 0] = np.nan
+    state = normalise_state_dict({"transformer.wte.weight": wte, "lm_head.weight": wte.copy()}, "m.bin")
+    with pytest.raises(CheckpointError, match="'wte.weight' has 1 NaN"):
+        names.check_values(state, "m.bin")
+
+
+def test_float64_beyond_float32_is_upcast_to_inf_without_a_warning():
+    """The upcast of 1e300 gives Inf, which names.check_values reports in one line; numpy's overflow
+    RuntimeWarning would print two more lines before it."""
+    import warnings
+
+    from cngpt_tf.formats.pytorch import normalise_state_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = normalise_state_dict({"wte.weight": np.array([1e300, 1.0])}, "m.bin")
+    assert np.isinf(state["wte.weight"][0])
