@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, short_repr
+from .textfile import read_text
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +170,10 @@ def write_json(path: str | Path, d: dict) -> None:
 def _read_json(path: Path, source: str) -> dict:
     """Parse a small JSON object; anything else (huge, nested past Python's recursion limit, an int of
     thousands of digits, not a regular file such as a FIFO that would block) is a ConfigError."""
-    if not path.exists():
-        raise ConfigError(f"{source}: file not found")
-    if not path.is_file():
-        raise ConfigError(f"{source}: not a regular file")
+    text = read_text(path, MAX_JSON_BYTES, ConfigError, "config", source)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_JSON_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"{source}: not a readable JSON file ({e.strerror or e})") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise ConfigError(f"{source}: larger than {MAX_JSON_BYTES >> 20} MiB, not a model config")
-    try:
-        d = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        d = json.loads(text)
+    except (ValueError, RecursionError) as e:
         raise ConfigError(f"{source}: not a readable JSON file ({str(e)[:200]})") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")

@@ -11,13 +11,22 @@ perplexity. The weights then go back through the one name table to a PyTorch fol
     pytorch/       pytorch_model.bin, config.json, vocab.txt (GPT2LMHeadModel.from_pretrained)
     converted/     tf1/, tf2/, saved_model/1/, conversion_report.json (as pt2tf writes them)
     finetune_report.json   perplexities, steps, steps/s
+
+Before any work `check_out_dir` refuses an OUT_DIR that would destroy data: one that is, holds or lies
+inside anything fine-tuning reads (MODEL_DIR, the tf2/ folder used, each model file, the corpus: real
+paths, links resolved), a file, a dangling link, the current folder or one holding it; a non-empty one
+without --resume; and with it, one holding anything but FINETUNE_WRITES, or a link anywhere inside, or
+a hard link to a file it reads (writes go through both). The corpus must be a regular file of at most
+MAX_CORPUS_BYTES: it is read and tokenized whole, in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -31,8 +40,14 @@ from .config import GPT2Config, with_vocab, write_json
 from .errors import ConfigError, CorpusError, OutputExistsError, SourceError
 from .formats import names
 from .formats.pytorch import write_pytorch
+from .textfile import read_text
 
 IGNORE_INDEX = -100  # label of positions the loss skips (padding), as in HF
+MAX_CORPUS_BYTES = 1 << 30  # 1 GiB: the whole corpus is read, decoded and tokenized in memory
+FINETUNE_WRITES = ("checkpoints", "logs", "pytorch", "converted", "finetune_report.json")  # OUT_DIR's entries
+# What is read from the tf2/ folder (this module, ChineseTokenizer, HF's from_pretrained).
+MODEL_FILES = ("tf_model.h5", "config.json", "generation_config.json", "vocab.txt", "tokenizer_config.json",
+               "special_tokens_map.json")
 
 EXAMPLE = """\
 example:
@@ -64,12 +79,7 @@ class FinetuneResult:
 def text_dataset(corpus_path, tokenizer, block_size: int, batch_size: int, shuffle_seed: int = 0,
                  held_out_fraction: float = 0.05) -> TextData:
     """Encode `corpus_path` (one document a line) and pack it into blocks; hold out the last lines."""
-    try:
-        text = Path(corpus_path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CorpusError(f"{corpus_path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CorpusError(f"{corpus_path}: not a readable UTF-8 text file ({e})") from None
+    text = _read_corpus(corpus_path)
     # One document per "\n"-terminated line. Not str.splitlines(): it also breaks at U+2028, U+0085
     # and other separators that can sit inside a document of Chinese web text.
     lines = [line.strip() for line in text.split("\n") if line.strip()]
@@ -155,13 +165,12 @@ def finetune(model_dir, corpus, out_dir, *, epochs: int = 1, batch_size: int = 8
     from .tokenizer import ChineseTokenizer
 
     out_dir, folder = Path(out_dir), _tf2_folder(Path(model_dir))
+    check_out_dir(out_dir, resume, [model_dir, folder, *(folder / name for name in MODEL_FILES), corpus])
     config, _ = with_vocab(GPT2Config.from_file(folder / "config.json"), folder / "vocab.txt")
     if block_size > config.n_ctx:
         raise ConfigError(f"block_size={block_size} exceeds the model's n_positions={config.n_ctx}")
     ckpt_dir = out_dir / "checkpoints"
-    latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    if latest and not resume:
-        raise OutputExistsError(f"{ckpt_dir}: holds a checkpoint; pass --resume to continue it or use a new OUT_DIR")
+    latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None  # only with resume
     data = text_dataset(corpus, ChineseTokenizer.from_pretrained(folder), block_size, batch_size, seed,
                         held_out_fraction)
     batches = int(data.train.cardinality())  # full batches in one pass over the training blocks
@@ -233,17 +242,57 @@ def main(argv=None) -> int:
     cli.setup_logging(args.verbose)
 
     def run():
-        from converters.output import check_not_an_input
-
-        _tf2_folder(Path(args.model_dir))  # a missing model is named as such, not as an overlap
-        # OUT_DIR is added to (--resume) and its converted/ replaced: never the model's or the corpus' place
-        check_not_an_input(args.out_dir, [args.model_dir, args.corpus])
         options = {k: v for k, v in vars(args).items() if k not in ("model_dir", "corpus", "out_dir", "quiet")}
         options["verbose"] = 0 if args.quiet else 1  # Keras' progress bar, not our -v (logging)
         result = finetune(args.model_dir, args.corpus, args.out_dir, **options)
         print(f"done: {result.out_dir / 'converted'}")
 
     return cli.run_main(run)
+
+
+def check_out_dir(out_dir, resume: bool, reads) -> Path:
+    """Refuse an OUT_DIR fine-tuning could destroy data in (see the module docstring); `reads`: every
+    path it reads. Return OUT_DIR's real path. Raises OutputExistsError."""
+    from converters.output import check_not_an_input
+
+    # OUT_DIR is added to (--resume) and its converted/ replaced: never where anything read lies.
+    real = check_not_an_input(out_dir, reads)
+    if real == Path.cwd() or real in Path.cwd().parents:
+        raise OutputExistsError(f"{out_dir}: is the current folder or holds it; give a new folder's name")
+    if not real.is_dir() or not any(real.iterdir()):
+        return real
+    if not resume:
+        raise OutputExistsError(f"{out_dir}: exists and is not empty; pass --resume to continue a fine-tune "
+                                "there, or give a new folder")
+    foreign = sorted(p.name for p in real.iterdir() if p.name not in FINETUNE_WRITES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputExistsError(f"{out_dir}: holds {shown}, which a fine-tune does not write; --resume only "
+                                "continues a previous fine-tune's output")
+    read_files = set()
+    for path in reads:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        read_files.add((st.st_dev, st.st_ino))
+    for root, dirs, files in os.walk(real):  # links are listed, not followed
+        for name in dirs + files:
+            path = Path(root, name)
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise OutputExistsError(f"{out_dir}: {path.relative_to(real)} is a symbolic link, which a "
+                                        "fine-tune does not write (it would write through it)")
+            if (st.st_dev, st.st_ino) in read_files:
+                raise OutputExistsError(f"{out_dir}: {path.relative_to(real)} is a hard link to a file the "
+                                        "fine-tune reads")
+    return real
+
+
+def _read_corpus(path) -> str:
+    """The corpus' text: a regular UTF-8 file of at most MAX_CORPUS_BYTES, newlines as in text mode."""
+    text = read_text(path, MAX_CORPUS_BYTES, CorpusError, "corpus")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _pack(stream: np.ndarray, block_size: int, pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import VocabError
+from .textfile import read_text
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 
@@ -22,20 +23,7 @@ MAX_BYTES = 16 << 20
 
 def read_vocab(path: str | Path) -> list[str]:
     """Return the tokens of `path` in id order (id = line index)."""
-    path = Path(path)
-    try:
-        if path.exists() and not path.is_file():  # a folder, or a FIFO that would block
-            raise VocabError(f"{path}: vocab is not a regular file")
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise VocabError(f"{path}: cannot read vocab ({e.strerror or e})") from e
-    if len(data) > MAX_BYTES:
-        raise VocabError(f"{path}: vocab is larger than {MAX_BYTES >> 20} MiB")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise VocabError(f"{path}: vocab is not UTF-8 (byte {e.start})") from e
+    text = read_text(path, MAX_BYTES, VocabError, "vocab")
     # HF opens the file in text mode (universal newlines: "\r\n" and "\r" become "\n"); so do we.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     tokens = text.split("\n")

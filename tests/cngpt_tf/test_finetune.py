@@ -6,13 +6,20 @@ generated demo vocab). The corpus is the first 400 lines of `tests/data/clue_cor
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cngpt_tf import finetune as finetune_module
 from cngpt_tf.finetune import IGNORE_INDEX, _pack, causal_lm_loss, finetune, main, text_dataset
-from cngpt_tf.errors import OutputExistsError
+from cngpt_tf.errors import CorpusError, OutputExistsError
 from cngpt_tf.tokenizer import ChineseTokenizer
 from tests.conftest import DATA
 
@@ -59,6 +66,45 @@ def test_text_dataset_packs_cls_text_sep_documents(tmp_path, tokenizer):
     hx, hy = (np.concatenate([b[k].numpy() for b in data.held_out]) for k in (0, 1))
     assert hx.flatten()[0] == tokenizer.cls_token_id
     assert hy[hy != IGNORE_INDEX].tolist() == held[1:]  # every held-out token scored, padding not
+
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_text_dataset_refuses_a_fifo_without_blocking(tmp_path, tokenizer):
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+
+    def unblock():  # a reader stuck opening the FIFO gets EOF after 5 s, so a regression fails, not hangs
+        time.sleep(5)
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=unblock, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(CorpusError, match=re.escape(f"{fifo}: corpus is not a regular file")):
+        text_dataset(fifo, tokenizer, block_size=16, batch_size=4)
+    assert time.monotonic() - start < 2
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_text_dataset_refuses_a_device(tokenizer):
+    with pytest.raises(CorpusError, match="/dev/zero: corpus is not a regular file"):
+        text_dataset("/dev/zero", tokenizer, block_size=16, batch_size=4)
+
+
+def test_text_dataset_refuses_a_corpus_over_the_size_cap(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setattr(finetune_module, "MAX_CORPUS_BYTES", 100)
+    path = tmp_path / "c.txt"
+    path.write_text("明月几时有\n" * 6, encoding="utf-8")  # 96 bytes: read
+    text_dataset(path, tokenizer, block_size=4, batch_size=1)
+    path.write_text("明月几时有\n" * 7, encoding="utf-8")  # 112 bytes
+    with pytest.raises(CorpusError, match=re.escape(f"{path}: ") + "corpus is larger than 100 bytes"):
+        text_dataset(path, tokenizer, block_size=4, batch_size=1)
+    # A size the file system does not know (0 here) is enforced while reading.
+    proc = Path("/proc/self/maps")
+    if proc.is_file() and proc.stat().st_size == 0:
+        with pytest.raises(CorpusError, match="/proc/self/maps: corpus is larger than 100 bytes"):
+            text_dataset(proc, tokenizer, block_size=4, batch_size=1)
 
 
 def test_loss_ignores_labelled_padding():

@@ -68,7 +68,7 @@ def test_empty_missing_or_not_a_file(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     with pytest.raises(VocabError, match="empty"):
         read_vocab(tmp_path / "empty.txt")
-    with pytest.raises(VocabError, match="cannot read vocab"):
+    with pytest.raises(VocabError, match="missing.txt: file not found"):
         read_vocab(tmp_path / "missing.txt")
     with pytest.raises(VocabError, match="not a regular file"):
         read_vocab(tmp_path)

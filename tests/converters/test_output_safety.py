@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -209,13 +210,78 @@ def test_finetune_refuses_out_dir_over_its_inputs(case, converted, tmp_path, cap
     assert snapshot(tmp_path) == before
 
 
+
+def finetune_inputs(converted: Path, tmp_path: Path) -> tuple[Path, Path]:
+    model = Path(shutil.copytree(converted / "tf2", tmp_path / "model"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("床前明月光\n" * 50, encoding="utf-8")
+    return model, corpus
+
+
+def test_finetune_resume_refuses_out_dir_holding_a_linked_model(converted, tmp_path, capsys):
+    # The tf2/ folder used is reached through a link into OUT_DIR/converted, which export would replace.
+    from cngpt_tf import finetune
+
+    out = tmp_path / "ftout"
+    shutil.copytree(converted, out / "converted")  # a previous fine-tune's export
+    model = tmp_path / "m2"
+    model.mkdir()
+    (model / "tf2").symlink_to(out / "converted" / "tf2")
+    _, corpus = finetune_inputs(converted, tmp_path)
+    before = snapshot(tmp_path)
+    rc, line = call(finetune.main, [model, corpus, out, "--block_size", "16", "--max_steps", "1", "-q", "--resume"],
+                    capsys)
+    assert rc == 2 and str(out) in line and "holds the input" in line, line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["user_file", "user_file_resume", "link_resume"])
+def test_finetune_refuses_out_dir_with_other_files(case, converted, tmp_path, capsys):
+    # Without --resume OUT_DIR must be absent or empty; with it, hold only what a fine-tune writes.
+    from cngpt_tf import finetune
+
+    model, corpus = finetune_inputs(converted, tmp_path)
+    out = tmp_path / "fo"
+    (out / "pytorch").mkdir(parents=True)
+    resume = ["--resume"] if case.endswith("resume") else []
+    if case == "user_file":
+        (out / "pytorch" / "config.json").write_text("notes\n", encoding="utf-8")
+    elif case == "user_file_resume":
+        (out / "notes.txt").write_text("notes\n", encoding="utf-8")
+    else:  # a link in OUT_DIR: writing through it would overwrite the model's config.json
+        (out / "pytorch" / "config.json").symlink_to(model / "config.json")
+    before = snapshot(tmp_path)
+    rc, line = call(finetune.main, [model, corpus, out, "--block_size", "16", "--max_steps", "1", "-q", *resume],
+                    capsys)
+    assert rc == 2 and str(out) in line, line
+    assert {"user_file": "--resume", "user_file_resume": "notes.txt", "link_resume": "symbolic link"}[case] in line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["dot", "holds_cwd"])
+def test_finetune_refuses_the_current_folder(case, converted, tmp_path, monkeypatch, capsys):
+    from cngpt_tf import finetune
+
+    model, corpus = finetune_inputs(converted, tmp_path)
+    out = tmp_path / "x"
+    (out / "logs").mkdir(parents=True)  # a name a fine-tune writes: only the current-folder rule refuses
+    monkeypatch.chdir(out if case == "dot" else out / "logs")
+    before = snapshot(tmp_path)
+    rc, line = call(finetune.main, [model, corpus, "." if case == "dot" else out, "--block_size", "16",
+                                    "--max_steps", "1", "-q", "--resume"], capsys)
+    assert rc == 2 and "current folder" in line, line
+    assert snapshot(tmp_path) == before
+
+
 # ----- temp folders -------------------------------------------------------------------------------------
 
 
 def test_stale_temp_folders_are_removed_and_live_ones_kept(tmp_path):
-    def folder(name: str, age_s: float = 0) -> Path:
+    def folder(name: str, age_s: float = 0, ours: bool = True) -> Path:
         (tmp_path / name).mkdir()
         (tmp_path / name / "weights").write_bytes(b"x")
+        if ours:
+            (tmp_path / name / output.MARKER).touch()
         if age_s:
             then = time.time() - age_s
             os.utime(tmp_path / name, (then, then))
@@ -224,7 +290,8 @@ def test_stale_temp_folders_are_removed_and_live_ones_kept(tmp_path):
     me = os.getpid()
     stale = [folder(".out.tmp-99999999-abc"), folder(".out.old-99999999-abc"),
              folder(f".out.tmp-{me}-aged", age_s=2 * output.STALE_AFTER_S)]
-    kept = [folder(f".out.tmp-{me}-live"), folder(".other.tmp-99999999-abc"), folder(".out.tmp-x-abc")]
+    kept = [folder(f".out.tmp-{me}-live"), folder(".other.tmp-99999999-abc"), folder(".out.tmp-x-abc"),
+            folder(".out.old-99999999-users", ours=False)]  # named like ours, but a user's folder
     with output.workspace(tmp_path / "out") as work:
         assert work.parent == tmp_path and re.fullmatch(rf"\.out\.tmp-{me}-\w+", work.name), work.name
         assert not any(p.exists() for p in stale)
@@ -236,9 +303,36 @@ def test_stale_temp_folders_are_removed_and_live_ones_kept(tmp_path):
 def test_stale_temp_folder_removed_by_the_next_conversion(converted, tmp_path, capsys):
     stale = tmp_path / ".back.tmp-99999999-abc"
     (stale / "half").mkdir(parents=True)
+    (stale / output.MARKER).touch()
     rc = tf2pt.main([str(converted / "tf1"), str(tmp_path / "back"), "-q"])
     assert rc == 0, capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["back"]
+
+
+@pytest.mark.parametrize("marked", [False, True])
+def test_an_input_named_like_a_stale_folder_is_never_removed(marked, tiny_pt_dir, tmp_path, capsys):
+    """A source folder named `.out.old-<dead pid>-...` beside OUT is an input, not our leftover: even
+    holding our marker (copied from somewhere), the run converts it and leaves it in place."""
+    src = tmp_path / ".out.old-99999999-backup"
+    shutil.copytree(tiny_pt_dir, src)
+    if marked:
+        (src / output.MARKER).touch()
+    before = snapshot(src)
+    rc = pt2tf.main([str(src), str(tmp_path / "out"), "--formats", "tf1", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert snapshot(src) == before
+
+
+def test_output_gets_the_permissions_of_a_new_folder(converted, tmp_path, capsys):
+    """mkdtemp makes 0700 folders; OUT must be readable by others as a new folder is (a model server
+    often runs as another user), and holds no marker of ours."""
+    old = os.umask(0o022)
+    try:
+        assert tf2pt.main([str(converted / "tf1"), str(tmp_path / "back"), "-q"]) == 0, capsys.readouterr().err
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "back").stat().st_mode) == 0o755
+    assert not (tmp_path / "back" / output.MARKER).exists()
 
 
 def test_nothing_moves_into_place_after_a_swallowed_interrupt(tmp_path):
