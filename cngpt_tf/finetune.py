@@ -253,22 +253,12 @@ def main(argv=None) -> int:
 def check_out_dir(out_dir, resume: bool, reads) -> Path:
     """Refuse an OUT_DIR fine-tuning could destroy data in (see the module docstring); `reads`: every
     path it reads. Return OUT_DIR's real path. Raises OutputExistsError."""
-    from converters.output import check_not_an_input
+    from converters.output import check_output
 
     # OUT_DIR is added to (--resume) and its converted/ replaced: never where anything read lies.
-    real = check_not_an_input(out_dir, reads)
-    if real == Path.cwd() or real in Path.cwd().parents:
-        raise OutputExistsError(f"{out_dir}: is the current folder or holds it; give a new folder's name")
-    if not real.is_dir() or not any(real.iterdir()):
+    real = check_output(out_dir, resume, FINETUNE_WRITES, reads, flag="--resume", tool="a fine-tune")
+    if not real.is_dir():
         return real
-    if not resume:
-        raise OutputExistsError(f"{out_dir}: exists and is not empty; pass --resume to continue a fine-tune "
-                                "there, or give a new folder")
-    foreign = sorted(p.name for p in real.iterdir() if p.name not in FINETUNE_WRITES)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise OutputExistsError(f"{out_dir}: holds {shown}, which a fine-tune does not write; --resume only "
-                                "continues a previous fine-tune's output")
     read_files = set()
     for path in reads:
         try:
@@ -291,8 +281,7 @@ def check_out_dir(out_dir, resume: bool, reads) -> Path:
 
 def _read_corpus(path) -> str:
     """The corpus' text: a regular UTF-8 file of at most MAX_CORPUS_BYTES, newlines as in text mode."""
-    text = read_text(path, MAX_CORPUS_BYTES, CorpusError, "corpus")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return read_text(path, MAX_CORPUS_BYTES, CorpusError, "corpus")
 
 
 def _pack(stream: np.ndarray, block_size: int, pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 
 One rule for all of them: a regular file (a FIFO or a device such as /dev/zero is refused before it
 is read, so nothing blocks or streams forever), at most `limit` bytes (checked on the size and while
-reading, as a file may grow), decoded as UTF-8. Failures raise the caller's error type with one line
+reading, as a file may grow), decoded as UTF-8 with universal newlines ("\r\n" and "\r" read as
+"\n", as Python's and HF's text mode read them). Failures raise the caller's error type with one line
 naming the file.
 """
 
@@ -39,9 +40,10 @@ def read_text(path: str | Path, limit: int, error: type[Exception], what: str, s
     if len(data) > limit:
         raise error(f"{shown}: {what} is larger than {_mib(limit)}")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{shown}: {what} is not UTF-8 (byte {e.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _mib(n: int) -> str:

@@ -23,9 +23,7 @@ MAX_BYTES = 16 << 20
 
 def read_vocab(path: str | Path) -> list[str]:
     """Return the tokens of `path` in id order (id = line index)."""
-    text = read_text(path, MAX_BYTES, VocabError, "vocab")
-    # HF opens the file in text mode (universal newlines: "\r\n" and "\r" become "\n"); so do we.
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = read_text(path, MAX_BYTES, VocabError, "vocab")  # "\r\n" and "\r" read as "\n", as HF's text mode
     tokens = text.split("\n")
     if tokens and tokens[-1] == "":
         tokens.pop()  # the final line's terminator, not an empty token

@@ -67,21 +67,23 @@ def _overlap(path: Path, source: Path) -> str | None:
 
 
 def check_output(out_dir: str | Path, overwrite: bool, produced: Iterable[str],
-                 inputs: Iterable[str | Path] = ()) -> Path:
+                 inputs: Iterable[str | Path] = (), flag: str = "--overwrite", tool: str = "a conversion") -> Path:
     """Everything `check_not_an_input` refuses, plus: the current folder or one holding it, a non-empty
-    folder without `overwrite`, and one holding an entry not in `produced` (what a conversion writes)
-    even with it. Return OUT_DIR's real path. Raises OutputExistsError."""
+    folder without `overwrite`, and one holding an entry not in `produced` (what `tool` writes) even
+    with it. `flag` is the CLI flag that allows a non-empty OUT_DIR (finetune's is --resume). Return
+    OUT_DIR's real path. Raises OutputExistsError."""
     real = check_not_an_input(out_dir, inputs)
     if real == Path.cwd() or real in Path.cwd().parents:
         raise OutputExistsError(f"{out_dir}: is the current folder or holds it; give a new folder's name")
     if real.is_dir() and any(real.iterdir()):
         if not overwrite:
-            raise OutputExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
+            raise OutputExistsError(f"{out_dir}: exists and is not empty (pass {flag} to use it, or give a "
+                                    "new folder)")
         foreign = sorted(p.name for p in real.iterdir() if p.name not in set(produced))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise OutputExistsError(f"{out_dir}: holds {shown}, which a conversion does not write; "
-                                    "--overwrite only replaces a previous conversion's output")
+            raise OutputExistsError(f"{out_dir}: holds {shown}, which {tool} does not write; {flag} only "
+                                    f"works on a previous {tool.split()[-1]}'s output")
     return real
 
 
