@@ -1,11 +1,11 @@
-"""Time and measure memory of `pt2tf.convert()` on a full-size Chinese GPT-2, against the "HF route".
+"""Time and measure memory of `cngpt_tf.export.convert.convert()` on a full-size Chinese GPT-2, against the "HF route".
 
     python benchmarks/convert.py [--workdir DIR] [--keep]
 
 1. Builds the GPT2-12L-CN shape (12 layers, n_embd 768, 12 heads, 21128 tokens, 1024 positions),
    random-init, written by torch `save_pretrained` (pytorch_model.bin + config.json + vocab.txt).
 2. Runs, each in a fresh subprocess so that memory numbers do not mix:
-   - ours: `converters.pt2tf.convert()` writing tf1 + tf2 + saved_model and verifying all three; the
+   - ours: `cngpt_tf.export.convert.convert()` writing tf1 + tf2 + saved_model and verifying all three; the
      per-stage wall times are the report's "seconds" (read, tf1, tf2, saved_model, verify);
    - hf:   `TFGPT2LMHeadModel.from_pretrained(pt_dir, from_pt=True)` then
      `save_pretrained(out, saved_model=True)` (tf_model.h5 + saved_model/1, no verification).
@@ -149,7 +149,7 @@ def route_ours(src: Path, out: Path) -> dict:
             import tensorflow  # noqa: F401
             import transformers  # noqa: F401  (verify's TFGPT2LMHeadModel)
 
-            from converters import pt2tf
+            from cngpt_tf.export import convert as pt2tf
 
         class MeteredSteps(pt2tf._Steps):
             """pt2tf's own step timer, also opening a memory stage per step."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cngpt_tf.config import GPT2Config, write_json
 from cngpt_tf.formats.pytorch import write_pytorch
-from converters.demo import demo_weights
+from cngpt_tf.demo import demo_weights
 
 REAL_VOCAB = Path(__file__).resolve().parents[1] / "tests" / "data" / "bert_chinese_vocab.txt"
 

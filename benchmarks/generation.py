@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from cngpt_tf.config import GPT2Config  # noqa: E402
-from converters.demo import demo_weights  # noqa: E402
+from cngpt_tf.demo import demo_weights  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS = 8, 64
 SHAPE = dict(n_vocab=21128, n_ctx=1024, n_embd=768, n_head=12, n_layer=12, pad_token_id=0, bos_token_id=101,

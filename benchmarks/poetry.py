@@ -57,7 +57,7 @@ def main(argv=None):
     from cngpt_tf.generator import Generator
     from cngpt_tf.poetry import PoemPlan, PoemVocab
     from cngpt_tf.sampling import SamplingConfig
-    from converters.pt2tf import convert
+    from cngpt_tf.export.convert import convert
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from benchmarks.generation import NEW_TOKENS, PROMPT_LEN, SHAPE  # noqa: E402
 from cngpt_tf.config import GPT2Config  # noqa: E402
 from cngpt_tf.decoding import round_up  # noqa: E402
-from converters.demo import demo_weights  # noqa: E402
+from cngpt_tf.demo import demo_weights  # noqa: E402
 
 RUNTIME_EVENTS = ("ThunkExecutor::Execute", "SlinkyThreadPool::Await")  # wrappers, not kernels
 

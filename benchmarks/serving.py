@@ -48,8 +48,8 @@ def main(argv=None):
     import tensorflow as tf
 
     from cngpt_tf import Generator, native, pipeline
-    from converters.pt2tf import convert
-    from converters.saved_model import GenerationSettings
+    from cngpt_tf.export.convert import convert
+    from cngpt_tf.export.saved_model import GenerationSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         src = make_model(Path(tmp) / "model")

@@ -39,7 +39,7 @@ def measure_here(weights: list[str], batches: list[int], rounds: int) -> list[di
     from benchmarks.generation import NEW_TOKENS, PROMPT_LEN, SHAPE, matmul_floor
     from cngpt_tf import model
     from cngpt_tf.config import GPT2Config
-    from converters.demo import demo_weights
+    from cngpt_tf.demo import demo_weights
 
     config = GPT2Config(**SHAPE)
     params = model.params_from_pt(demo_weights(config, seed=0), config)

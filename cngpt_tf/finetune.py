@@ -138,7 +138,7 @@ def load_model(model_dir):
 
 def export(model, config: GPT2Config, model_folder, out_dir) -> dict:
     """Write OUT_DIR/pytorch/ from the Keras weights, then pt2tf it into OUT_DIR/converted/; return the report."""
-    from converters.pt2tf import convert
+    from .export.convert import convert
 
     out_dir, model_folder = Path(out_dir), Path(model_folder)
     # Keras names are "<model name>/transformer/h_._0/...:0"; the name may be suffixed (_1) per instance.
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
 def check_out_dir(out_dir, resume: bool, reads) -> Path:
     """Refuse an OUT_DIR fine-tuning could destroy data in (see the module docstring); `reads`: every
     path it reads. Return OUT_DIR's real path. Raises OutputExistsError."""
-    from converters.output import check_output
+    from .export.output import check_output
 
     # OUT_DIR is added to (--resume) and its converted/ replaced: never where anything read lies.
     real = check_output(out_dir, resume, FINETUNE_WRITES, reads, flag="--resume", tool="a fine-tune")

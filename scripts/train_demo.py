@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         corpus = write_corpus(DATA / "tang_regular_poems.tsv", set(vocab), work / "poems.txt")
         init = write_init_release(work / "init_pt", vocab)
 
-        from converters.pt2tf import convert
+        from cngpt_tf.export.convert import convert
         from cngpt_tf.finetune import finetune
 
         convert(str(init), work / "init", formats=("tf2",), overwrite=True, progress=False)
@@ -97,7 +97,7 @@ def write_init_release(folder: Path, vocab: list[str]) -> Path:
     """GPT-2's init (N(0, 0.02), fixed seed) as a PyTorch release folder."""
     from cngpt_tf.config import GPT2Config, write_json
     from cngpt_tf.formats.pytorch import write_pytorch
-    from converters.demo import demo_weights
+    from cngpt_tf.demo import demo_weights
 
     config = GPT2Config(n_vocab=len(vocab), **SHAPE)
     folder.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ def torch_logits(folder_or_model, ids: np.ndarray, mask: np.ndarray) -> np.ndarr
 
 @pytest.fixture(scope="session")
 def tiny_vocab() -> list[str]:
-    from converters.demo import demo_vocab
+    from cngpt_tf.demo import demo_vocab
 
     return demo_vocab()
 
@@ -112,7 +112,7 @@ def tiny_pt_dir(tmp_path_factory, tiny_vocab) -> Path:
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory, tiny_pt_dir) -> Path:
     """`pt2tf` output (all formats) of the tiny model."""
-    from converters.pt2tf import convert
+    from cngpt_tf.export.convert import convert
 
     out = tmp_path_factory.mktemp("converted") / "out"
     convert(str(tiny_pt_dir), out, progress=False)

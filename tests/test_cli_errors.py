@@ -186,13 +186,14 @@ def test_pt2tf_rejects_flags_the_config_cannot_honour_before_reading_weights(fla
 
 
 def test_pt2tf_disk_full_is_one_line_and_leaves_nothing(tiny_pt_dir, tmp_path, capsys, monkeypatch):
+    from cngpt_tf.export import convert as library
     from converters import pt2tf
 
     def full(fmt, work, *args):
         (work / fmt).mkdir()
         raise OSError(errno.ENOSPC, "No space left on device", str(work / fmt / "model.ckpt"))
 
-    monkeypatch.setattr(pt2tf, "_write", full)
+    monkeypatch.setattr(library, "_write", full)
     rc = pt2tf.main([str(tiny_pt_dir), str(tmp_path / "out"), "--formats", "tf1", "-q"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if not line.startswith(("INFO ", "WARNING "))]

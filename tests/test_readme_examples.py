@@ -83,7 +83,7 @@ def on_the_demo(command: str, work: Path, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder holding demo_out/ (the README's first command) and a poem corpus."""
-    from converters.pt2tf import convert
+    from cngpt_tf.export.convert import convert
 
     work = tmp_path_factory.mktemp("readme")
     convert(str(DEMO_RELEASE), work / "demo_out", progress=False)

@@ -390,7 +390,7 @@ def test_generate_several_prompts_and_sequences(gen):
 def test_full_size_greedy_equals_hf(tmp_path):
     from transformers import GPT2LMHeadModel
 
-    from converters.pt2tf import convert
+    from cngpt_tf.export.convert import convert
     from tests.converters.test_full_size import FULL, N_VOCAB, full_vocab
 
     vocab = full_vocab()  # the real BERT Chinese vocab (tests/data)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from cngpt_tf import model
 from cngpt_tf.config import GPT2Config
 from cngpt_tf.formats import names
-from converters.demo import demo_weights
+from cngpt_tf.demo import demo_weights
 
 CONFIG = GPT2Config(n_vocab=97, n_ctx=32, n_embd=32, n_head=4, n_layer=2)
 WIDE = GPT2Config(n_vocab=50, n_ctx=16, n_embd=768, n_head=12, n_layer=1)  # GPT-2 small's layer widths

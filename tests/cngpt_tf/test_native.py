@@ -14,7 +14,7 @@ from cngpt_tf import model, native
 from cngpt_tf.config import GPT2Config
 from cngpt_tf.formats import names
 from cngpt_tf.generator import Generator
-from converters.demo import demo_weights
+from cngpt_tf.demo import demo_weights
 
 CONFIG = GPT2Config(n_vocab=97, n_ctx=32, n_embd=32, n_head=4, n_layer=2)  # 97: a part-filled last panel
 

@@ -47,7 +47,7 @@ def is_chinese_char(token: str) -> bool:
 @pytest.fixture(scope="module")
 def tiny_out(tiny_pt_dir, tmp_path_factory):
     """tf2 only: the poem code needs nothing else, and a SavedModel export would cost ~5 s more."""
-    from converters.pt2tf import convert
+    from cngpt_tf.export.convert import convert
 
     out = tmp_path_factory.mktemp("poetry") / "out"
     convert(str(tiny_pt_dir), out, formats=("tf2",), progress=False)
@@ -225,7 +225,7 @@ def test_greedy_equals_reference(gen, hf, vocab, prompt, form, acrostic, rhyme):
 
 def test_real_vocab_regulated_verse(data_dir, tmp_path):
     from cngpt_tf.generator import Generator
-    from converters.pt2tf import convert
+    from cngpt_tf.export.convert import convert
 
     tokens = (data_dir / "bert_chinese_vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(tokens) == 21128

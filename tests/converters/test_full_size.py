@@ -21,7 +21,7 @@ def full_vocab() -> list[str]:
 
 @pytest.mark.slow
 def test_full_size_conversion(tmp_path):
-    from converters.pt2tf import convert
+    from cngpt_tf.export.convert import convert
 
     vocab = full_vocab()
     assert len(vocab) == N_VOCAB

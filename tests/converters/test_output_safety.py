@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from cngpt_tf import interrupts
-from converters import output, pt2tf, tf2pt
+from cngpt_tf.export import output
+from converters import pt2tf, tf2pt
 
 LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cngpt_tf.export.convert import convert
 from converters import pt2tf
 from tests.conftest import torch_logits, write_torch_model
 
@@ -350,7 +351,7 @@ def test_zip_with_sub_folder_via_main(tiny_pt_dir, source_state, tmp_path, capsy
 def test_safetensors_source(tmp_path, tiny_vocab):
     src = write_torch_model(tmp_path / "st", tiny_vocab, seed=3, safetensors=True)
     assert (src / "model.safetensors").is_file() and not (src / "pytorch_model.bin").exists()
-    report = pt2tf.convert(str(src), tmp_path / "out", formats=("tf1",), progress=False)
+    report = convert(str(src), tmp_path / "out", formats=("tf1",), progress=False)
     assert report["passed"] and report["weights"] == "model.safetensors"
     from safetensors.numpy import load_file
 
@@ -371,7 +372,7 @@ def test_http_url_source(tiny_pt_dir, source_state, tmp_path):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/model.zip"
-        report = pt2tf.convert(url, tmp_path / "out", formats=("tf1",), cache_dir=tmp_path / "cache",
+        report = convert(url, tmp_path / "out", formats=("tf1",), cache_dir=tmp_path / "cache",
                                progress=False)
     finally:
         server.shutdown()
@@ -395,7 +396,7 @@ def test_gpt2model_state_dict_source(tiny_pt_dir, source_state, tmp_path):
     src = copy_model(tiny_pt_dir, tmp_path / "bare")
     _save_state(src, GPT2LMHeadModel.from_pretrained(tiny_pt_dir).transformer.state_dict())
     assert not any(k.startswith("transformer.") for k in torch.load(src / "pytorch_model.bin", weights_only=True))
-    report = pt2tf.convert(str(src), tmp_path / "out", formats=("tf1",), progress=False)
+    report = convert(str(src), tmp_path / "out", formats=("tf1",), progress=False)
     assert report["passed"]
     assert_tf1_equals(tmp_path / "out" / "tf1", source_state, hparams_of(tiny_pt_dir))
 
@@ -410,7 +411,7 @@ def test_old_attention_buffers_are_ignored(tiny_pt_dir, source_state, tmp_path):
     for i in (0, 1):
         state[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     _save_state(src, state)
-    report = pt2tf.convert(str(src), tmp_path / "out", formats=("tf1",), progress=False)
+    report = convert(str(src), tmp_path / "out", formats=("tf1",), progress=False)
     assert report["passed"]
     assert_tf1_equals(tmp_path / "out" / "tf1", source_state, hparams_of(tiny_pt_dir))
 
@@ -420,7 +421,7 @@ def test_fp16_source_is_upcast_and_logged(tiny_pt_dir, source_state, tmp_path, c
     half = {k: torch.from_numpy(v).half() for k, v in source_state.items()}
     _save_state(src, half)
     with caplog.at_level(logging.INFO):
-        report = pt2tf.convert(str(src), tmp_path / "out", formats=("tf1",), progress=False)
+        report = convert(str(src), tmp_path / "out", formats=("tf1",), progress=False)
     assert report["passed"]
     assert any("upcast" in r.getMessage() and "float16" in r.getMessage() for r in caplog.records), caplog.text
     upcast = {k: v.float().numpy() for k, v in half.items()}
@@ -574,10 +575,10 @@ def test_empty_existing_out_dir_is_fine(tiny_pt_dir, tmp_path, capsys):
 
 
 def test_failed_verification_exits_3(tiny_pt_dir, tmp_path, capsys, monkeypatch):
-    import converters.verify
+    import cngpt_tf.export.verify
 
-    compare = converters.verify.compare  # every reloaded format's logits off by 0.5
-    monkeypatch.setattr(converters.verify, "compare",
+    compare = cngpt_tf.export.verify.compare  # every reloaded format's logits off by 0.5
+    monkeypatch.setattr(cngpt_tf.export.verify, "compare",
                         lambda fmt, reference, logits, *args, **kw: compare(fmt, reference, logits + 0.5, *args, **kw))
     out = tmp_path / "out"
     rc, _, err = run_main([tiny_pt_dir, out, "--formats", "tf1", "-q"], capsys)
@@ -586,12 +587,12 @@ def test_failed_verification_exits_3(tiny_pt_dir, tmp_path, capsys, monkeypatch)
 
 
 def test_interrupt_leaves_nothing(tiny_pt_dir, tmp_path, capsys, monkeypatch):
-    import converters.saved_model
+    import cngpt_tf.export.saved_model
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(converters.saved_model, "export_saved_model", interrupted)
+    monkeypatch.setattr(cngpt_tf.export.saved_model, "export_saved_model", interrupted)
     out = tmp_path / "out"
     rc, _, err = run_main([tiny_pt_dir, out, "--formats", "tf1,saved_model", "-q"], capsys)
     assert rc == 130

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cngpt_tf.export.convert import convert
 from converters import pt2tf
-from converters.saved_model import GenerationSettings
+from cngpt_tf.export.saved_model import GenerationSettings
 
 from .serving_stand_in import StandIn
 
@@ -23,7 +24,7 @@ PROMPTS = ["明月几时有，", "床前明月光，疑是地上霜。", "春"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_pt_dir):
     out = tmp_path_factory.mktemp("serving") / "out"
-    pt2tf.convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False,
+    convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False,
                   generation=GenerationSettings(max_new_tokens=NEW))
     return out / "saved_model" / "1"
 
@@ -38,7 +39,7 @@ def generator(tiny_pt_dir, tmp_path_factory):
     from cngpt_tf.generator import Generator
 
     out = tmp_path_factory.mktemp("gen") / "out"
-    pt2tf.convert(str(tiny_pt_dir), out, formats=("tf2",), progress=False)
+    convert(str(tiny_pt_dir), out, formats=("tf2",), progress=False)
     return Generator.from_pretrained(out)
 
 
@@ -100,7 +101,7 @@ def test_tf1_session_loader_runs_every_signature_by_tensor_name(exported):
     from types import SimpleNamespace
 
     from cngpt_tf.vocab import read_vocab
-    from converters.warmup import warmup_inputs
+    from cngpt_tf.export.warmup import warmup_inputs
 
     gen_config = json.loads((exported / "assets" / "generation_config.json").read_text(encoding="utf-8"))
     config = SimpleNamespace(bos_token_id=gen_config["bos_token_id"],
@@ -172,7 +173,7 @@ def test_rest_and_grpc_through_the_client(exported, capsys):
 def test_sampled_export_takes_a_seed(tiny_pt_dir, tmp_path):
     out = tmp_path / "out"
     settings = GenerationSettings(max_new_tokens=NEW, do_sample=True, top_k=20, temperature=1.5)
-    pt2tf.convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False, generation=settings,
+    convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False, generation=settings,
                   saved_model_version=3)
     loaded = tf.saved_model.load(str(out / "saved_model" / "3"))
     seeded = loaded.signatures["serving_seeded"]

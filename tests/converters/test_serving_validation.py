@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from cngpt_tf.config import GPT2Config
 from cngpt_tf.generator import Generator
-from converters.saved_model import GenerationSettings, export_saved_model
+from cngpt_tf.export.saved_model import GenerationSettings, export_saved_model
 
 CLS, N_VOCAB = 101, 1803  # the tiny demo vocab
 SEED_RULE = r"seed must be an integer in \[0, 2147483647\]"
@@ -141,7 +141,7 @@ def test_export_refuses_bad_settings_before_building_anything(tmp_path):
 def test_poem_tables_take_a_vocab_that_repeats_a_token(tiny_vocab):
     """A vocab may repeat a token (HF reads it: the last id wins); TensorFlow's table initializer
     refuses a repeated key, which failed the whole SavedModel export with its own message."""
-    from converters.saved_model import _PoemTables
+    from cngpt_tf.export.saved_model import _PoemTables
 
     tokens = list(tiny_vocab)
     tokens[5] = "床"  # [unused5] -> a second 床, before the first

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cngpt_tf import interrupts
+from cngpt_tf.export import convert as library
 from converters import pt2tf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +55,7 @@ def test_signal_mid_conversion_cleans_up(signum, release, tmp_path, capsys, monk
         signal.raise_signal(signum)
         raise AssertionError("the signal raised nothing")
 
-    monkeypatch.setattr(pt2tf, "_write", write)
+    monkeypatch.setattr(library, "_write", write)
     capsys.readouterr()
     rc = pt2tf.main([str(archive), str(tmp_path / "out"), "--formats", "tf1", "-q"])
     err = capsys.readouterr().err
@@ -67,7 +68,7 @@ def test_signal_mid_conversion_cleans_up(signum, release, tmp_path, capsys, monk
 
 def test_swallowed_interrupt_moves_nothing_into_place(release, tmp_path, capsys, monkeypatch):
     archive, tmpdir = release
-    real_write = pt2tf._write
+    real_write = library._write
 
     def write(*args):
         try:
@@ -76,7 +77,7 @@ def test_swallowed_interrupt_moves_nothing_into_place(release, tmp_path, capsys,
             pass  # lost, as in a __del__ or TensorFlow's cleanup; the conversion goes on
         return real_write(*args)
 
-    monkeypatch.setattr(pt2tf, "_write", write)
+    monkeypatch.setattr(library, "_write", write)
     capsys.readouterr()
     rc = pt2tf.main([str(archive), str(tmp_path / "out"), "--formats", "tf1", "-q"])
     assert rc == 130

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cngpt_tf.config import GPT2Config
+from ..config import GPT2Config
 
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 PROMPT = "明月几时有，"

@@ -27,8 +27,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from cngpt_tf import interrupts
-from cngpt_tf.errors import OutputExistsError
+from .. import interrupts
+from ..errors import OutputExistsError
 
 STALE_AFTER_S = 24 * 3600
 MARKER = ".cngpt-partial"  # in every temp or replaced folder of ours, until it is renamed into place

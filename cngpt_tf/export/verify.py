@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cngpt_tf import model
-from cngpt_tf.config import GPT2Config
-from cngpt_tf.errors import VerificationError
-from cngpt_tf.formats.hf_tf2 import read_tf2
-from cngpt_tf.formats.tf1 import read_tf1
+from .. import model
+from ..config import GPT2Config
+from ..errors import VerificationError
+from ..formats.hf_tf2 import read_tf2
+from ..formats.tf1 import read_tf1
 
 log = logging.getLogger(__name__)
 

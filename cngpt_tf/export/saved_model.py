@@ -33,12 +33,12 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from cngpt_tf import model
-from cngpt_tf.config import GPT2Config
-from cngpt_tf.decoding import check_prompts, compile_decoder, generate_bucketed, round_up
-from cngpt_tf.poetry import FORMS, PoemConstraint, PoemVocab, build_schedule
-from cngpt_tf.sampling import SamplingConfig, check_seed, make_sampler
-from cngpt_tf.vocab import read_vocab
+from .. import model
+from ..config import GPT2Config
+from ..decoding import check_prompts, compile_decoder, generate_bucketed, round_up
+from ..poetry import FORMS, PoemConstraint, PoemVocab, build_schedule
+from ..sampling import SamplingConfig, check_seed, make_sampler
+from ..vocab import read_vocab
 
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32, name="input_ids")
 MASK_SPEC = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
@@ -101,7 +101,7 @@ class GenerationModule(GPT2Module):
     """Adds the in-graph tokenizer and the generation functions, with settings fixed at export."""
 
     def __init__(self, config: GPT2Config, pt_tensors, vocab: str | Path, generation: GenerationSettings):
-        from cngpt_tf.text_graph import TextGraph
+        from ..text_graph import TextGraph
 
         self.generation = generation.check_for(config)
         super().__init__(config, pt_tensors, vocab)

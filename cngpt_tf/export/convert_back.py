@@ -1,0 +1,50 @@
+"""`convert_back()`: a `tf1/` or `tf2/` folder -> PyTorch `GPT2LMHeadModel` files (the library behind
+`python -m converters.tf2pt`).
+
+Goes through the shared name table (`transformers`' `from_pretrained(..., from_tf=True)` silently
+leaves GPT-2's weights empty in 4.57). Writes `pytorch_model.bin` (or `model.safetensors`),
+`config.json` and `vocab.txt` into a temp folder renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from ..config import with_vocab, write_json
+from ..errors import SourceError
+from ..formats.pytorch import write_pytorch
+
+from .output import check_output, move_into_place, workspace
+
+log = logging.getLogger("cngpt_tf.export.convert_back")
+
+
+# What --overwrite may replace in OUT_DIR: what this writes, and the tokenizer files of a model folder.
+PRODUCED = ("pytorch_model.bin", "model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json",
+            "special_tokens_map.json", "tokenizer.json")
+
+
+def convert_back(src: str | Path, out_dir: str | Path, *, safetensors: bool = False, overwrite: bool = False) -> Path:
+    """Convert a tf1/ or tf2/ folder into a PyTorch model folder; return out_dir."""
+    src, out_dir = Path(src), Path(out_dir)
+    # the folder and every file in it (a linked file may live in OUT_DIR)
+    inputs = [src, *(src.iterdir() if src.is_dir() else ())]
+    target = check_output(out_dir, overwrite, PRODUCED, inputs)
+    if (src / "hparams.json").is_file():
+        from ..formats.tf1 import read_tf1 as read
+    elif (src / "tf_model.h5").is_file():
+        from ..formats.hf_tf2 import read_tf2 as read
+    else:
+        raise SourceError(f"{src}: neither a tf1/ folder (hparams.json) nor a tf2/ folder (tf_model.h5)")
+    vocab = src / "vocab.txt"
+    config, tensors = read(src)
+    config, _ = with_vocab(config, vocab)
+    with workspace(target, inputs) as work:
+        weights = write_pytorch(work, tensors, safetensors=safetensors)
+        write_json(work / "config.json", config.to_hf_dict())
+        shutil.copyfile(vocab, work / "vocab.txt")
+        log.info("wrote %s (%d tensors)", weights.name, len(tensors))
+        move_into_place(work, target)
+    return out_dir
