@@ -56,7 +56,7 @@ def main(argv=None):
 
     from cngpt_tf.generator import Generator
     from cngpt_tf.poetry import PoemPlan, PoemVocab
-    from cngpt_tf.sampling import SamplingConfig
+    from cngpt_tf.generation_config import GenerationConfig
     from cngpt_tf.export.convert import convert
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +67,7 @@ def main(argv=None):
         build_s = time.perf_counter() - start
 
     prompt_ids = gen.tokenizer.encode(PROMPT)
-    sampling = SamplingConfig(do_sample=True, top_k=TOP_K).validate()
+    sampling = GenerationConfig(do_sample=True, top_k=TOP_K).validate()
     c = gen.config
     rows = []
     for batch in args.batch:

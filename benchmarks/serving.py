@@ -49,12 +49,12 @@ def main(argv=None):
 
     from cngpt_tf import Generator, native, pipeline
     from cngpt_tf.export.convert import convert
-    from cngpt_tf.export.saved_model import GenerationSettings
+    from cngpt_tf.generation_config import GenerationConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         src = make_model(Path(tmp) / "model")
         report = convert(str(src), Path(tmp) / "out", formats=("tf2", "saved_model"), progress=False,
-                         generation=GenerationSettings(max_new_tokens=args.new_tokens))
+                         generation=GenerationConfig(max_new_tokens=args.new_tokens))
         export_s = report["seconds"]["saved_model"]
         served = tf.saved_model.load(str(Path(tmp) / "out" / "saved_model" / "1"))
         serve = served.signatures["serving_default"]

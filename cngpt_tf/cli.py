@@ -7,6 +7,7 @@ and a non-zero exit code, so tests can call each CLI's `main(argv)` in-process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import unicodedata
 
 from . import interrupts
 from .errors import CngptError
+from .generation_config import DEFAULT_LENGTH_RULE, GenerationConfig
 
 
 def make_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
@@ -32,6 +34,79 @@ def make_parser(prog: str, description: str, example: str) -> argparse.ArgumentP
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG lines")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+# ----- generation flags: one definition for `cngpt_tf.generate` and `converters.pt2tf` -----------------
+# Each flag is a `GenerationConfig` field of the same name. Their argparse defaults are None (not
+# given): the only defaults are GenerationConfig's, and a model's own generation_config.json still
+# applies under flags that were not given.
+
+# (flag, type, help) of what a run takes and an export fixes as well
+_EXPORT_FLAGS = (
+    ("max_new_tokens", int, f"new tokens (default {DEFAULT_LENGTH_RULE})"),
+    ("top_k", int, "keep the k most likely tokens (default 0: off)"),
+    ("top_p", float, "nucleus sampling mass (default 1.0: off)"),
+    ("temperature", float, "divide the logits by this when sampling (default 1.0)"),
+    ("repetition_penalty", float, "CTRL's penalty of seen tokens (default 1.0: off)"),
+)
+# (flag, type, help, why an export has no such setting) of what only a run takes
+_RUN_FLAGS = (
+    ("max_length", int, "total length in tokens, prompt included (instead of --max_new_tokens)",
+     "an export fixes --max_new_tokens (its prompts' lengths vary per request)"),
+    ("min_new_tokens", int, "no end-of-text before this many new tokens (default 0)",
+     "an export fixes --max_new_tokens only"),
+    ("num_return_sequences", int, "texts per prompt (default 1; more need --do_sample)",
+     "the SavedModel writes one text per prompt (send a prompt again for another)"),
+    ("seed", int, "makes sampling reproducible (default: a fresh one)",
+     "the SavedModel takes a seed per request (serving_seeded, poem)"),
+)
+_POEM_FLAGS = (
+    ("form", "五言绝句, 七言绝句, 五言律诗, 七言律诗, or CHARS,LINES (e.g. 5,4)"),
+    ("acrostic", "藏头诗: one character per line"),
+    ("rhyme", "'auto' (even lines rhyme with line 2), a rhyme group, or a character"),
+)
+POEM_FLAGS = tuple(name for name, _ in _POEM_FLAGS)
+_NOT_EXPORTED = {name: why for name, _, _, why in _RUN_FLAGS}
+_NOT_EXPORTED.update((name, "the SavedModel's poem signature takes it per request") for name in POEM_FLAGS)
+
+
+def add_generation_flags(parser: argparse.ArgumentParser, *, export: bool = False) -> None:
+    """Add the `GenerationConfig` flags. export=True (pt2tf): only what an exported SavedModel fixes;
+    the others (--seed, --max_length, the poem flags, ...) are refused by `generation_flags`, saying
+    why, rather than left to argparse (which would read --form as an abbreviation of --formats)."""
+    group = parser.add_argument_group(
+        "generation settings (fixed at export)" if export else "generation settings (GenerationConfig)")
+    group.add_argument("--do_sample", action="store_const", const=True, default=None,
+                       help="sample instead of greedy decoding" + ("" if export else " (poems always sample)"))
+    lengths = group if export else group.add_mutually_exclusive_group()
+    for name, kind, text in _EXPORT_FLAGS:
+        (lengths if name == "max_new_tokens" else group).add_argument(f"--{name}", type=kind, help=text)
+    poem = group if export else parser.add_argument_group(
+        "classical poems (the prompt is a title or context; form is enforced)")
+    for name, kind, text, _ in _RUN_FLAGS:
+        where = lengths if name == "max_length" else group
+        where.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS if export else text)
+    for name, text in _POEM_FLAGS:
+        poem.add_argument(f"--{name}", help=argparse.SUPPRESS if export else text)
+    parser.set_defaults(generation_export=export)
+
+
+def generation_flags(parser: argparse.ArgumentParser, args, **defaults) -> dict:
+    """The generation flags given on the command line, as `GenerationConfig` keyword arguments,
+    checked by `GenerationConfig.validate` over `defaults` (what the caller applies under them, e.g.
+    a poem's do_sample=True): a bad value is a usage error with validate's message, before
+    TensorFlow is imported. Rules that need the model (top_k <= vocab, lengths <= n_positions)
+    are checked once it is read."""
+    names = [f.name for f in dataclasses.fields(GenerationConfig)]
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if args.generation_export:
+        for name in given.keys() & _NOT_EXPORTED.keys():
+            parser.error(f"--{name}: not an export setting; {_NOT_EXPORTED[name]}")
+    try:
+        GenerationConfig(**{**defaults, **given}).validate()
+    except ValueError as e:
+        parser.error(str(e))
+    return given
 
 
 def setup_logging(verbose: bool) -> None:

@@ -37,9 +37,10 @@ import tensorflow as tf
 
 from . import cli
 from .config import GPT2Config, with_vocab, write_json
-from .errors import ConfigError, CorpusError, OutputExistsError, SourceError
+from .errors import ConfigError, CorpusError, OutputExistsError
 from .formats import names
 from .formats.pytorch import write_pytorch
+from .formats.registry import detect
 from .textfile import read_text
 
 IGNORE_INDEX = -100  # label of positions the loss skips (padding), as in HF
@@ -299,10 +300,8 @@ def _pack(stream: np.ndarray, block_size: int, pad_id: int | None = None) -> tup
 
 
 def _tf2_folder(path: Path) -> Path:
-    for folder in (path, path / "tf2"):
-        if (folder / "tf_model.h5").is_file():
-            return folder
-    raise SourceError(f"{path}: no tf_model.h5 here or in tf2/ (give a pt2tf OUT_DIR or its tf2/ folder)")
+    """The tf2/ folder of a pt2tf OUT_DIR, or `path` itself (`registry.detect`; SourceError otherwise)."""
+    return detect(path, accept=("tf2",))[1]
 
 
 def _optimizer(learning_rate: float, warmup: int, total: int, weight_decay: float):

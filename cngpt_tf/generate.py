@@ -28,62 +28,36 @@ def main(argv=None) -> int:
         "Generate text with a Chinese GPT-2 converted by pt2tf (XLA-compiled, KV cache).", EXAMPLE)
     parser.add_argument("model", help="pt2tf OUT_DIR, or its tf2/ or tf1/ folder")
     parser.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch)")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--max_length", type=int, help="total length in tokens, prompt included")
-    length.add_argument("--max_new_tokens", type=int, help="new tokens (default 50 unless --max_length)")
-    parser.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0: off)")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--repetition_penalty", type=float, default=1.0, help="CTRL penalty (1.0: off)")
-    parser.add_argument("--num_return_sequences", type=int, default=1)
-    parser.add_argument("--seed", type=int, help="makes sampling reproducible")
-    poem = parser.add_argument_group("classical poems (the prompt is a title or context; form is enforced)")
-    poem.add_argument("--form", help="五言绝句, 七言绝句, 五言律诗, 七言律诗, or CHARS,LINES (e.g. 5,4)")
-    poem.add_argument("--acrostic", help="藏头诗: one character per line")
-    poem.add_argument("--rhyme", help="'auto' (even lines rhyme with line 2), a rhyme group, or a character")
+    cli.add_generation_flags(parser)
     args = parser.parse_args(argv)
-    for flag in ("max_length", "max_new_tokens", "num_return_sequences"):  # before loading the model
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    poem = any(getattr(args, name) is not None for name in cli.POEM_FLAGS)
+    # checked before the model is loaded; a poem samples unless told otherwise (Generator.poem)
+    settings = cli.generation_flags(parser, args, **({"do_sample": True} if poem else {}))
+    if poem:
+        for name in ("max_new_tokens", "max_length", "min_new_tokens"):
+            if name in settings:
+                parser.error(f"--{name}: a poem's form fixes its length")
     cli.setup_logging(args.verbose)
 
     def run():
         from .generator import Generator
 
         generator = Generator.from_pretrained(args.model)
-        length = ({"max_length": args.max_length} if args.max_length is not None
-                  else {"max_new_tokens": args.max_new_tokens or 50})  # both were checked >= 1
         try:
-            if args.form or args.acrostic:
+            if poem:
                 for prompt in args.prompts:
-                    for text in generator.poem(
-                        prompt, _form(args.form or "七言绝句"), args.acrostic, args.rhyme, do_sample=True,
-                        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                        repetition_penalty=args.repetition_penalty, seed=args.seed,
-                        num_return_sequences=args.num_return_sequences,
-                    ):
+                    for text in generator.poem(prompt, **settings):
                         print(text + "\n")
                 return
-            texts = generator.generate(
-                args.prompts, do_sample=args.do_sample, top_k=args.top_k, top_p=args.top_p,
-                temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-                num_return_sequences=args.num_return_sequences, seed=args.seed, **length,
-            )
-        except ValueError as e:  # a bad parameter: the library names it (our typed errors stay errors)
-            if isinstance(e, CngptError):
+            texts = generator.generate(args.prompts, **settings)
+        except ValueError as e:  # a setting this model cannot honour: the library names it
+            if isinstance(e, CngptError):  # our typed errors stay errors
                 raise
             parser.error(str(e))
         for text in texts:
             print(text)
 
     return cli.run_main(run)
-
-
-def _form(text: str):
-    """"七言绝句" stays a name; "5,4" becomes (5, 4)."""
-    parts = text.replace("x", ",").split(",")
-    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.strip().isdigit() for p in parts) else text
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from .errors import short_repr
 # a small context the default becomes half the context (`default_max_new_tokens`), so that a prompt
 # still has room: n_positions 1024 -> 50, 128 -> 50, 40 -> 20.
 DEFAULT_MAX_NEW_TOKENS = 50
+DEFAULT_LENGTH_RULE = f"{DEFAULT_MAX_NEW_TOKENS}, or half of n_positions if less"  # the rule in words (--help)
 
 # Accepted ranges of the float settings. logits / temperature must stay finite in float32 and the
 # softmax meaningful: at 1e-2 a logit of 1e3 becomes 1e5 and sampling is already practically greedy;
@@ -63,9 +64,10 @@ class Strategy:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-    """How to generate. Defaults: greedy, DEFAULT_MAX_NEW_TOKENS new tokens, no filters, no penalty."""
+    """How to generate. Defaults: greedy, `default_max_new_tokens(n_ctx)` new tokens, no filters, no
+    penalty. Frozen: `update()` makes a changed copy, `validate()` a checked one."""
 
-    max_new_tokens: int | None = None  # None: max_length if given, else DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens: int | None = None  # None: max_length if given, else default_max_new_tokens(n_ctx)
     max_length: int | None = None  # prompt (padded) + new tokens; give this or max_new_tokens
     min_new_tokens: int = 0  # end-of-text is suppressed before this many new tokens
     do_sample: bool = False
@@ -90,13 +92,23 @@ class GenerationConfig:
             raise ValueError(f"do_sample must be True or False, got {short_repr(self.do_sample)}")
         if self.max_new_tokens is not None and self.max_length is not None:
             raise ValueError("give max_new_tokens or max_length, not both")
-        upper = None if n_ctx is None else n_ctx - 1
         if self.max_new_tokens is not None:
-            check_int("max_new_tokens", self.max_new_tokens, 1, upper)
+            check_int("max_new_tokens", self.max_new_tokens, 1)
+            if n_ctx is not None and self.max_new_tokens >= n_ctx:
+                raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room for a prompt in "
+                                 f"n_positions={n_ctx} (at most {n_ctx - 1})")
         if self.max_length is not None:
-            check_int("max_length", self.max_length, 2, n_ctx)
-        check_int("min_new_tokens", self.min_new_tokens, 0, upper)
-        check_int("top_k", self.top_k, 0, n_vocab)
+            check_int("max_length", self.max_length, 2)
+            if n_ctx is not None and self.max_length > n_ctx:
+                raise ValueError(f"max_length={self.max_length} exceeds n_positions={n_ctx}")
+        check_int("min_new_tokens", self.min_new_tokens, 0)
+        if n_ctx is not None and self.min_new_tokens >= n_ctx:
+            raise ValueError(f"min_new_tokens={self.min_new_tokens} leaves no room for a prompt in n_positions={n_ctx}")
+        if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}")
+        check_int("top_k", self.top_k, 0)
+        if n_vocab is not None and self.top_k > n_vocab:
+            raise ValueError(f"top_k={self.top_k} exceeds the vocab of {n_vocab} tokens")
         for name, (low, high) in (("top_p", TOP_P_RANGE), ("temperature", TEMPERATURE_RANGE),
                                   ("repetition_penalty", PENALTY_RANGE)):
             if not low <= _real(name, getattr(self, name)) <= high:  # NaN fails too
@@ -106,7 +118,7 @@ class GenerationConfig:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy rows would be identical)")
         if self.seed is not None:
             check_int("seed", self.seed, 0, SEED_MAX)
-        parse_form(self.form)
+        form = parse_form(self.form)
         for name in ("acrostic", "rhyme"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -116,7 +128,16 @@ class GenerationConfig:
             temperature=float(self.temperature), repetition_penalty=float(self.repetition_penalty),
             max_new_tokens=_int_or_none(self.max_new_tokens), max_length=_int_or_none(self.max_length),
             min_new_tokens=int(self.min_new_tokens), num_return_sequences=int(self.num_return_sequences),
-            seed=_int_or_none(self.seed))
+            seed=_int_or_none(self.seed), form=self.form if isinstance(self.form, str) else form)
+
+    def for_export(self, n_vocab: int, n_ctx: int) -> "GenerationConfig":
+        """What an export fixes: `validate`d against the model, with a concrete max_new_tokens
+        (`default_max_new_tokens(n_ctx)` when not given). max_length cannot be fixed: it counts the
+        prompt, and an export's prompts vary per request."""
+        if self.max_length is not None:
+            raise ValueError("max_length: an export fixes max_new_tokens (its prompts' lengths vary per request)")
+        fixed = self if self.max_new_tokens is not None else self.update(max_new_tokens=default_max_new_tokens(n_ctx))
+        return fixed.validate(n_vocab, n_ctx)
 
     def update(self, **changes) -> "GenerationConfig":
         """A copy with `changes` (HF's per-call keyword arguments); an unknown name is a TypeError.
@@ -136,13 +157,16 @@ class GenerationConfig:
         return Strategy(self.do_sample, self.top_k if self.do_sample else 0,
                         self.do_sample and self.top_p < 1.0, self.repetition_penalty != 1.0)
 
-    def new_tokens(self, prompt_length: int) -> int:
-        """max_new_tokens as asked: from max_length (which counts the prompt) or the default."""
+    def new_tokens(self, prompt_length: int, n_ctx: int | None = None) -> int:
+        """max_new_tokens as asked: from max_length (which counts the prompt), or the default
+        (`default_max_new_tokens(n_ctx)`; DEFAULT_MAX_NEW_TOKENS when n_ctx is not given)."""
         if self.max_length is not None:
             if self.max_length <= prompt_length:
                 raise ValueError(f"max_length={self.max_length} must exceed the prompt length {prompt_length}")
             return self.max_length - prompt_length
-        return DEFAULT_MAX_NEW_TOKENS if self.max_new_tokens is None else self.max_new_tokens
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return DEFAULT_MAX_NEW_TOKENS if n_ctx is None else default_max_new_tokens(n_ctx)
 
     # ----- generation_config.json (HF's file) -----------------------------------------------------
 
@@ -162,30 +186,45 @@ class GenerationConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    @classmethod
+    def from_json_file(cls, path: str | Path, n_vocab: int | None = None, n_ctx: int | None = None,
+                       ) -> "GenerationConfig":
+        """Read HF's generation_config.json (our fields only) and `validate` it against the model;
+        ConfigError naming the file for anything wrong in it."""
+        from .config import _read_json  # one JSON rule for the model's small files (size, type, depth)
+        from .errors import ConfigError
+
+        data = _read_json(Path(path), str(path))
+        try:
+            return cls.from_dict(data).validate(n_vocab, n_ctx)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
 
 # ----- shared checks --------------------------------------------------------------------------------
 
 
 def check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
     """An integer (not a bool, not a float) in [minimum, maximum]: ValueError naming `name` otherwise."""
-    if (not _is_int(value) or value < minimum or (maximum is not None and value > maximum)):
-        upto = f" and <= {maximum}" if maximum is not None else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{upto}, got {short_repr(value)}")
+    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        rule = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an integer {rule}, got {short_repr(value)}")
     return int(value)
 
 
 def parse_form(form) -> tuple[int, int]:
-    """"七言绝句" / "5,4" / (5, 4) -> (chars per line, lines); ValueError naming `form` otherwise."""
+    """"七言绝句" / "5,4" / (5, 4) -> (chars per line, lines); ValueError naming `form:` otherwise
+    (the words of the SavedModel's `poem` signature for the same mistake)."""
     if isinstance(form, str):
         if form in FORMS:
             return FORMS[form]
         parts = form.split(",")
         if len(parts) == 2 and all(p.strip().isascii() and p.strip().isdigit() for p in parts):
             form = (int(parts[0]), int(parts[1]))
-    if (isinstance(form, tuple) and len(form) == 2 and all(_is_int(n) for n in form)
+    if (isinstance(form, (tuple, list)) and len(form) == 2 and all(_is_int(n) for n in form)
             and all(1 <= n <= MAX_FORM for n in form)):
         return int(form[0]), int(form[1])
-    raise ValueError(f"form must be one of {', '.join(FORMS)} or 'chars,lines' (1..{MAX_FORM} each), "
+    raise ValueError(f"form: use one of {', '.join(FORMS)} or 'chars,lines' (1..{MAX_FORM} each), "
                      f"got {short_repr(form)}")
 
 

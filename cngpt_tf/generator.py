@@ -3,11 +3,17 @@
     gen = Generator.from_pretrained("out/")          # a pt2tf OUT_DIR, its tf2/ or tf1/ folder
     ids = gen.generate_ids([[101, 3209, 3299]], max_new_tokens=32)  # numpy [B, P + new]
     gen.generate(["明月几时有，"], max_length=60, do_sample=True, top_k=8, seed=0)
+    gen.generate(["明月几时有，"], GenerationConfig(do_sample=True, top_k=8), seed=0)
+
+Settings are one `GenerationConfig`, as in HF: each call starts from the config it is given (or the
+generator's own, `generation_config`: from `Generator(..., generation_config=)` or the folder's
+`generation_config.json`), keyword arguments override its fields (`update`), and the result is
+checked once (`validate`) before anything is compiled.
 
 Prompts are left-padded and their length rounded up to a multiple of `BUCKET` (16; 1..8 tokens to
 8), as is the number of new tokens, so that new lengths rarely trigger a new XLA compile. Each
-compiled function is cached per (batch, prompt bucket, new-token bucket, sampling strategy);
-temperature, top_p, the penalty, the seed and max_new_tokens are runtime inputs and never recompile.
+compiled function is cached per (batch, prompt bucket, new-token bucket, `Strategy`); temperature,
+top_p, the penalty, the seed and max_new_tokens are runtime inputs and never recompile.
 """
 
 from __future__ import annotations
@@ -21,21 +27,31 @@ import tensorflow as tf
 from . import model, native
 from .config import GPT2Config, with_vocab
 from .decoding import BUCKET, check_prompts, compile_decoder, generate_bucketed, round_up
-from .errors import SourceError, short_repr
+from .errors import short_repr
+from .formats.registry import detect
+from .generation_config import SEED_MAX, GenerationConfig, Strategy, check_int
 from .poetry import PoemConstraint
-from .sampling import SEED_MAX, SamplingConfig, check_seed, make_sampler
+from .sampling import check_seed, make_sampler
 
 log = logging.getLogger(__name__)
 
+GENERATION_CONFIG = "generation_config.json"  # HF's file of default settings, beside the weights
+POEM_ONLY = ("form", "acrostic", "rhyme")  # settings only `poem()` reads
+LENGTHS = ("max_new_tokens", "max_length", "min_new_tokens")  # a poem's form fixes its length
+
 
 class Generator:
-    def __init__(self, pt_tensors: dict, config: GPT2Config, tokenizer=None, *, native_kernel: bool | None = None):
+    def __init__(self, pt_tensors: dict, config: GPT2Config, tokenizer=None, *, native_kernel: bool | None = None,
+                 generation_config: GenerationConfig | None = None):
         """pt_tensors: PyTorch-named numpy weights (what every reader in `cngpt_tf.formats` returns).
 
         native_kernel: run the weight products in `cngpt_tf.native`'s kernel (default: where
-        `native.enabled()`, i.e. on an AVX-512 CPU where it builds); False keeps XLA's dot."""
+        `native.enabled()`, i.e. on an AVX-512 CPU where it builds); False keeps XLA's dot.
+        generation_config: the default settings of every call (default: `GenerationConfig()`),
+        checked against the model here."""
         self.config = config
         self.tokenizer = tokenizer
+        self.generation_config = _config(generation_config, GenerationConfig()).validate(config.n_vocab, config.n_ctx)
         if native_kernel and not native.available():
             raise ValueError("native_kernel=True, but the native kernel cannot run here (see cngpt_tf.native)")
         self.native_kernel = native.enabled() if native_kernel is None else native_kernel
@@ -46,16 +62,16 @@ class Generator:
         self._poem_vocab = None  # cngpt_tf.poetry.PoemVocab, built on the first poem()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, tokenizer: bool = True, native_kernel: bool | None = None) -> "Generator":
-        """Load a pt2tf OUT_DIR (uses its tf2/), an HF TF GPT-2 folder (tf_model.h5), or a tf1/ folder.
+    def from_pretrained(cls, path: str | Path, *, tokenizer: bool = True, native_kernel: bool | None = None,
+                        generation_config: GenerationConfig | None = None) -> "Generator":
+        """Load a pt2tf OUT_DIR (its tf2/, else its tf1/), an HF TF GPT-2 folder (tf_model.h5), or a
+        tf1/ folder (`cngpt_tf.formats.registry.detect` decides).
 
-        native_kernel: as in `Generator()`."""
-        folder = _model_folder(Path(path))
-        if (folder / "tf_model.h5").is_file():
-            from .formats.hf_tf2 import read_tf2 as read
-        else:
-            from .formats.tf1 import read_tf1 as read
-        config, pt_tensors = read(folder)
+        generation_config: the default settings; without it, the folder's generation_config.json
+        (HF's file; our fields only, checked against the model: ConfigError naming it) when there is
+        one, else `GenerationConfig()`. native_kernel: as in `Generator()`."""
+        fmt, folder = detect(path, accept=("tf2", "tf1"))
+        config, pt_tensors = fmt.read(folder)
         tok = None
         if (folder / "vocab.txt").is_file():
             config, _ = with_vocab(config, folder / "vocab.txt")
@@ -63,170 +79,167 @@ class Generator:
                 from .tokenizer import ChineseTokenizer
 
                 tok = ChineseTokenizer.from_pretrained(folder)
-        return cls(pt_tensors, config, tok, native_kernel=native_kernel)
+        defaults = folder / GENERATION_CONFIG
+        if generation_config is None and defaults.is_file():
+            generation_config = GenerationConfig.from_json_file(defaults, config.n_vocab, config.n_ctx)
+        return cls(pt_tensors, config, tok, native_kernel=native_kernel, generation_config=generation_config)
+
+    def settings(self, generation_config: GenerationConfig | None = None, **kwargs) -> GenerationConfig:
+        """The settings of one call, as HF resolves them: `generation_config` (default: this
+        generator's), its fields overridden by `kwargs` (TypeError for an unknown name), checked
+        against the model (ValueError naming the first bad field)."""
+        base = _config(generation_config, self.generation_config)
+        return base.update(**kwargs).validate(self.config.n_vocab, self.config.n_ctx)
 
     # ----- id level -------------------------------------------------------------------------------
 
-    def generate_ids(
-        self,
-        input_ids,
-        attention_mask=None,
-        *,
-        max_new_tokens: int | None = None,
-        max_length: int | None = None,
-        min_new_tokens: int = 0,
-        do_sample: bool = False,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        repetition_penalty: float = 1.0,
-        num_return_sequences: int = 1,
-        seed: int | None = None,
-        eos_token_id: int | None = None,
-        pad_token_id: int | None = None,
-    ) -> np.ndarray:
+    def generate_ids(self, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None, *,
+                     eos_token_id: int | None = None, pad_token_id: int | None = None, **kwargs) -> np.ndarray:
         """Generate after each prompt; return numpy int32 [B * num_return_sequences, P + new].
 
         input_ids: a list of id lists (any lengths; left-padded here) or a [B, P] array with an
         optional left-padded 0/1 attention_mask. Like HF `generate`: the result keeps the prompt
         (padded to the longest), new tokens follow, rows that ended get `pad_token_id` after their
         end-of-text, and it is as long as the longest row needed. `max_length` counts the prompt
-        (its padded length), `max_new_tokens` does not; give one. eos_token_id=-1 never stops.
+        (its padded length), `max_new_tokens` does not; with neither, `default_max_new_tokens`.
+        eos_token_id=-1 never stops.
 
-        Every argument is checked before anything is compiled (ValueError naming it): ids in the
-        vocab, a left-padded 0/1 mask, sampling settings in `SamplingConfig.validate`'s ranges with
-        top_k <= the vocab size, and `seed` an integer in [0, 2**31 - 1] (`check_seed`; the
-        SavedModel's rule too). seed=None draws one.
+        Settings: `generation_config` and keyword arguments (its field names), see `settings`.
+        Everything is checked before anything is compiled (ValueError naming it): the settings
+        (`GenerationConfig.validate`, the rules of every face), ids in the vocab, a left-padded 0/1
+        mask, prompt + new tokens within n_positions. seed=None draws one.
         """
-        sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty)
-        sampling = sampling.validate(self.config.n_vocab)
-        seed = _seed(seed)
+        if isinstance(attention_mask, GenerationConfig):
+            raise TypeError("the second argument of generate_ids is attention_mask: pass generation_config= by name")
+        _refuse(kwargs, POEM_ONLY, "a poem() setting; generate_ids and generate write free text")
+        settings = self.settings(generation_config, **kwargs)
+        return self._generate_ids(settings, input_ids, attention_mask, eos_token_id, pad_token_id)
+
+    def _generate_ids(self, g: GenerationConfig, input_ids, attention_mask, eos_token_id, pad_token_id):
+        seed = _seed(g.seed)
         pad = self._pad_id(pad_token_id)
         ids, mask = _left_pad(input_ids, attention_mask, pad, self.config.n_vocab)
-        max_new = _new_token_budget(ids, mask, max_new_tokens, max_length, self.config.n_ctx)
-        _check_int("min_new_tokens", min_new_tokens, 0, max_new)  # never more than it may generate
-        _check_int("num_return_sequences", num_return_sequences, 1)
-        if num_return_sequences > 1 and not do_sample:
-            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy rows would be identical)")
-        if num_return_sequences > 1:
-            ids, mask = np.repeat(ids, num_return_sequences, 0), np.repeat(mask, num_return_sequences, 0)
+        max_new = _new_token_budget(g, ids, mask, self.config.n_ctx)
+        if g.min_new_tokens > max_new:  # from max_length or the default: known only with the prompt
+            raise ValueError(f"min_new_tokens={g.min_new_tokens} exceeds the {max_new} new tokens to generate")
+        n = g.num_return_sequences
+        if n > 1:
+            ids, mask = np.repeat(ids, n, 0), np.repeat(mask, n, 0)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos = -1 if eos is None else eos
-        _check_int("eos_token_id", eos, -1, self.config.n_vocab - 1)
-        return self._run(sampling, ids, mask, max_new, min_new_tokens, eos, pad, seed)
+        check_int("eos_token_id", eos, -1, self.config.n_vocab - 1)
+        return self._run(g, ids, mask, max_new, g.min_new_tokens, eos, pad, seed)
 
-    def _run(self, sampling, ids, mask, max_new, min_new, eos, pad, seed, constraint=None):
+    def _run(self, g: GenerationConfig, ids, mask, max_new, min_new, eos, pad, seed, constraint=None):
         """Run the compiled decoder (shapes bucketed); return prompt + new tokens (numpy)."""
         out = generate_bucketed(
-            self._compiled_decode(sampling, constraint is not None), tf.constant(ids, tf.int32),
+            self._compiled_decode(g.strategy, constraint is not None), tf.constant(ids, tf.int32),
             tf.constant(mask, tf.int32), max_new, min_new=min_new, eos=eos, pad=pad, seed=seed,
-            temperature=sampling.temperature, top_p=sampling.top_p, penalty=sampling.repetition_penalty,
+            temperature=g.temperature, top_p=g.top_p, penalty=g.repetition_penalty,
             constraint=constraint.inputs(round_up(max_new)) if constraint is not None else ())
         return out.numpy()
 
-    def _compiled_decode(self, sampling: SamplingConfig, constrained: bool = False):
-        """One compiled decoder per sampling strategy (and poem or not); TF retraces it per bucket."""
-        key = (sampling.trace_key, constrained)
+    def _compiled_decode(self, strategy: Strategy, constrained: bool = False):
+        """One compiled decoder per strategy (and poem or not); TF retraces it per bucket."""
+        key = (strategy, constrained)
         if key not in self._compiled:
             make = PoemConstraint.from_inputs if constrained else None
-            self._compiled[key] = compile_decoder(self.params, self.config, make_sampler(sampling), make)
+            self._compiled[key] = compile_decoder(self.params, self.config, make_sampler(strategy), make)
         return self._compiled[key]
 
     def _pad_id(self, pad_token_id):
         if pad_token_id is None:
             return self.config.pad_token_id if self.config.pad_token_id is not None else 0
-        _check_int("pad_token_id", pad_token_id, 0, self.config.n_vocab - 1)
-        return pad_token_id
+        return check_int("pad_token_id", pad_token_id, 0, self.config.n_vocab - 1)
 
     # ----- text level -----------------------------------------------------------------------------
 
-    def generate(self, prompts, **kwargs) -> list[str]:
-        """Texts in, clean texts out (prompt + continuation), one per prompt x num_return_sequences."""
+    def generate(self, prompts, generation_config: GenerationConfig | None = None, *, eos_token_id: int | None = None,
+                 pad_token_id: int | None = None, **kwargs) -> list[str]:
+        """Texts in, clean texts out (prompt + continuation), one per prompt x num_return_sequences.
+        Settings as in `generate_ids`."""
         if self.tokenizer is None:
             raise ValueError("this Generator has no tokenizer (no vocab.txt next to the weights)")
+        _refuse(kwargs, POEM_ONLY, "a poem() setting; generate_ids and generate write free text")
+        settings = self.settings(generation_config, **kwargs)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         encoded = self.tokenizer.encode_batch(prompts)
         for text, ids in zip(prompts, encoded):
             if len(ids) >= self.config.n_ctx:
                 raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {self.config.n_ctx}: {text[:20]!r}…")
-        sequences = self.generate_ids(encoded, **kwargs)
-        n = kwargs.get("num_return_sequences", 1)
+        sequences = self._generate_ids(settings, encoded, None, eos_token_id, pad_token_id)
+        n = settings.num_return_sequences
         width = max(len(ids) for ids in encoded)
         return [self._join(prompts[i // n], encoded[i // n], row[width:]) for i, row in enumerate(sequences)]
 
-    def poem(
-        self,
-        prompt: str = "",
-        form="七言绝句",
-        acrostic: str | None = None,
-        rhyme=None,
-        *,
-        do_sample: bool = True,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        num_return_sequences: int = 1,
-        rhyme_table=None,
-    ) -> list[str]:
+    def poem(self, prompt: str = "", generation_config: GenerationConfig | None = None, *, rhyme_table=None,
+             **kwargs) -> list[str]:
         """Classical poems of an exact form, one string each: one line per 句, "\n"-joined.
 
-        form: "五言绝句", "七言绝句", "五言律诗", "七言律诗" or (chars_per_line, lines);
-        acrostic: one character per line (藏头诗); rhyme: None, "auto" (even lines rhyme with line 2),
-        a rhyme-group name of the table (e.g. "十唐") or a character to rhyme with.
+        Settings as in `generate_ids`, and the poem's own fields: form ("五言绝句", "七言绝句",
+        "五言律诗", "七言律诗", "chars,lines" or (chars_per_line, lines)); acrostic: one character
+        per line (藏头诗); rhyme: None, "auto" (even lines rhyme with line 2), a rhyme-group name of
+        the table (e.g. "十唐") or a character to rhyme with. A poem samples (do_sample=True) unless
+        a generation_config or a do_sample argument says otherwise; its form fixes its length
+        (max_new_tokens and the like are refused).
         The prompt (e.g. a title) conditions the poem and is not part of the result. The form is
-        enforced by masks inside the compiled loop (`cngpt_tf.poetry`). Sampling settings and
-        `seed` are checked as in `generate_ids`.
+        enforced by masks inside the compiled loop (`cngpt_tf.poetry`).
         """
         from .poetry import PoemPlan, PoemVocab, format_poem
 
         if self.tokenizer is None:
             raise ValueError("poem() needs a tokenizer (no vocab.txt beside the weights)")
-        sampling = SamplingConfig(do_sample, top_k, top_p, temperature, repetition_penalty)
-        sampling = sampling.validate(self.config.n_vocab)
-        seed = _seed(seed)
-        _check_int("num_return_sequences", num_return_sequences, 1)
-        if num_return_sequences > 1 and not do_sample:
-            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy rows would be identical)")
+        _refuse(kwargs, LENGTHS, "a poem's form fixes its length")
+        if generation_config is None:
+            kwargs = {"do_sample": True, **kwargs}
+        g = self.settings(generation_config, **kwargs)
+        seed = _seed(g.seed)
         if rhyme_table is not None:
             vocab = PoemVocab(self.tokenizer.tokens, self.config.eos_token_id, rhyme_table)
         else:  # the shipped table: built once per generator
             if self._poem_vocab is None:
                 self._poem_vocab = PoemVocab(self.tokenizer.tokens, self.config.eos_token_id)
             vocab = self._poem_vocab
-        plan = PoemPlan.build(vocab, form, num_return_sequences, acrostic, rhyme)
+        n = g.num_return_sequences
+        plan = PoemPlan.build(vocab, g.form, n, g.acrostic, g.rhyme)
         prompt_ids = self.tokenizer.encode(prompt)
         if len(prompt_ids) + plan.n_new > self.config.n_ctx:
             what = "form" if plan.n_new + 1 > self.config.n_ctx else "prompt"
             raise ValueError(f"{what}: a {plan.n_new}-token poem after a prompt of {len(prompt_ids)} token(s) "
                              f"exceeds n_positions={self.config.n_ctx}")
-        ids = np.array([prompt_ids] * num_return_sequences, np.int32)
-        out = self._run(sampling, ids, np.ones_like(ids), plan.n_new, 0, self.config.eos_token_id,
-                        self._pad_id(None), seed, constraint=plan)
+        ids = np.array([prompt_ids] * n, np.int32)
+        out = self._run(g, ids, np.ones_like(ids), plan.n_new, 0, self.config.eos_token_id, self._pad_id(None), seed,
+                        constraint=plan)
         return [format_poem(self.tokenizer.decode(row[len(prompt_ids):])) for row in out]
 
     def _join(self, prompt: str, prompt_ids: list[int], new_ids) -> str:
-        """The user's own prompt text + the clean decode of what followed it.
+        """The reply: the prompt exactly as given + the clean decode of the new tokens only.
 
-        Decoding prompt + continuation together keeps the spacing rule at their boundary (a Latin
-        word after a Latin word gets its space); the prompt part is then replaced by the original.
-        """
-        tok = self.tokenizer
-        full = tok.decode(list(prompt_ids) + [int(i) for i in new_ids])
-        prefix = tok.decode(prompt_ids)
-        return prompt + full[len(prefix):] if full.startswith(prefix) else full
+        One rule for every face (`cngpt_tf.tokenizer.join_continuation`, in-graph in the
+        SavedModel): a Latin word after a Latin word gets its space, a "##" piece joins the
+        prompt's last word. `prompt_ids` are not decoded, so a literal "[SEP]" in the prompt no
+        longer hides the continuation and the prompt is not normalised (case, spaces, emoji)."""
+        return self.tokenizer.continue_text(prompt, new_ids)
+
 
 
 # ----- helpers --------------------------------------------------------------------------------------
 
 
-def _model_folder(path: Path) -> Path:
-    if (path / "tf2" / "tf_model.h5").is_file():
-        return path / "tf2"
-    if (path / "tf_model.h5").is_file() or (path / "hparams.json").is_file():
-        return path
-    raise SourceError(f"{path}: no tf_model.h5 or hparams.json here or in {path / 'tf2'} (convert with pt2tf first)")
+def _config(given, default: GenerationConfig) -> GenerationConfig:
+    if given is None:
+        return default
+    if not isinstance(given, GenerationConfig):  # e.g. poem("春", "七言绝句"): form is a keyword now
+        raise TypeError(f"generation_config must be a GenerationConfig, got {short_repr(given)} "
+                        "(pass settings such as form= or max_new_tokens= by name)")
+    return given
+
+
+def _refuse(kwargs: dict, names: tuple[str, ...], why: str) -> None:
+    """A setting this call would ignore is an error, not a silent no-op."""
+    for name in names:
+        if name in kwargs:
+            raise ValueError(f"{name}: {why}")
 
 
 def _left_pad(input_ids, attention_mask, pad_id: int, n_vocab: int) -> tuple[np.ndarray, np.ndarray]:
@@ -256,27 +269,15 @@ def _integers(name: str, values) -> np.ndarray:
     return array.astype(np.int64) if array.dtype.kind in "b" else array
 
 
-def _new_token_budget(ids, mask, max_new_tokens, max_length, n_ctx) -> int:
-    if (max_new_tokens is None) == (max_length is None):
-        raise ValueError("give exactly one of max_new_tokens and max_length")
-    if max_length is not None:
-        _check_int("max_length", max_length, 1)
-        if max_length <= ids.shape[1]:
-            raise ValueError(f"max_length={max_length} must exceed the prompt length {ids.shape[1]}")
-        max_new_tokens = max_length - ids.shape[1]
-    _check_int("max_new_tokens", max_new_tokens, 1)
+def _new_token_budget(g: GenerationConfig, ids, mask, n_ctx: int) -> int:
+    """The number of new tokens to generate; the longest real prompt plus it must fit n_ctx."""
+    max_new = g.new_tokens(ids.shape[1], n_ctx)  # ValueError when max_length does not exceed the prompt
     longest = int(mask.sum(1).max())
-    if longest + max_new_tokens > n_ctx:
-        what = f"max_length={max_length}" if max_length is not None else f"max_new_tokens={max_new_tokens}"
-        raise ValueError(f"{what}: prompt ({longest} tokens) + {max_new_tokens} new tokens exceed n_positions={n_ctx}")
-    return max_new_tokens
-
-
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> None:
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum
-            or (maximum is not None and value > maximum)):
-        upto = f" and <= {maximum}" if maximum is not None else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{upto}, got {short_repr(value)}")
+    if longest + max_new > n_ctx:
+        what = (f"max_length={g.max_length}" if g.max_length is not None
+                else f"max_new_tokens={max_new}" + (" (the default)" if g.max_new_tokens is None else ""))
+        raise ValueError(f"{what}: prompt ({longest} tokens) + {max_new} new tokens exceed n_positions={n_ctx}")
+    return max_new
 
 
 def _seed(seed) -> int:

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from .generation_config import FORMS, parse_form  # noqa: F401  (FORMS: the forms by name, defined there once)
 from .tokenizer import is_cjk
 
-FORMS = {"五言绝句": (5, 4), "七言绝句": (7, 4), "五言律诗": (5, 8), "七言律诗": (7, 8)}
 COMMA, PERIOD = "，", "。"
 RHYME_TABLE = Path(__file__).with_name("data") / "rhyme_groups.json"
 
@@ -41,23 +41,6 @@ RHYME_TABLE = Path(__file__).with_name("data") / "rhyme_groups.json"
 FORCE = -1  # exactly the token in `forced` (the acrostic character)
 RHYME = -2  # a character of the row's rhyme group (chosen at the first such step under rhyme="auto")
 CJK_ROW, COMMA_ROW, PERIOD_ROW, SEP_ROW, ANY_GROUP_ROW, FIRST_GROUP_ROW = 0, 1, 2, 3, 4, 5
-
-
-def parse_form(form) -> tuple[int, int]:
-    """"七言绝句" or (chars_per_line, lines) -> (chars_per_line, lines)."""
-    if isinstance(form, str):
-        if form not in FORMS:
-            raise ValueError(f"form: unknown form {form!r}; use one of {', '.join(FORMS)} or (chars_per_line, lines)")
-        return FORMS[form]
-    try:
-        chars, lines = form
-    except (TypeError, ValueError):
-        raise ValueError(f"form: expected a name or (chars_per_line, lines), got {form!r}") from None
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (chars, lines)):
-        raise ValueError(f"form: chars_per_line and lines must be integers, got {form!r}")
-    if not (1 <= chars <= 32 and 1 <= lines <= 32):
-        raise ValueError(f"form: chars_per_line and lines must be in 1..32, got {form!r}")
-    return chars, lines
 
 
 def load_rhyme_table(path_or_dict=None) -> dict[str, str]:
@@ -217,3 +200,9 @@ def _one_hot(i: int, n: int) -> np.ndarray:
     row = np.zeros(n, bool)
     row[i] = True
     return row
+
+
+def missing_punctuation(tokens: list[str]) -> list[str]:
+    """The poem punctuation ("，", "。") a vocab lacks; poems need both (`PoemVocab` refuses such a vocab)."""
+    present = set(tokens)
+    return [p for p in (COMMA, PERIOD) if p not in present]

@@ -11,29 +11,33 @@ first), and a list of prompts is generated as one batch.
 
 from __future__ import annotations
 
+from .generation_config import GenerationConfig
 from .generator import Generator
 
 TASKS = ("text-generation",)
-DEFAULT_MAX_NEW_TOKENS = 50
 
 
 class TextGenerationPipeline:
-    def __init__(self, generator: Generator, **defaults):
+    def __init__(self, generator: Generator, generation_config: GenerationConfig | None = None, *,
+                 return_full_text: bool = True, **defaults):
+        """The pipeline's settings: `generation_config` (default: the generator's) with `defaults`
+        (GenerationConfig fields) on top, checked here against the model."""
         if generator.tokenizer is None:
             raise ValueError("text-generation needs a tokenizer: no vocab.txt beside the model weights")
         self.generator = generator
-        self.defaults = defaults
+        self.generation_config = generator.settings(generation_config, **defaults)
+        self.return_full_text = return_full_text
 
-    def __call__(self, text_inputs, **kwargs):
-        """A str -> [{"generated_text": ...}] (one per return sequence); a list -> a list of those."""
-        options = {**self.defaults, **kwargs}
-        if "max_length" not in options and "max_new_tokens" not in options:
-            options["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
-        return_full_text = options.pop("return_full_text", True)
-        n = options.get("num_return_sequences", 1)
+    def __call__(self, text_inputs, generation_config: GenerationConfig | None = None, **kwargs):
+        """A str -> [{"generated_text": ...}] (one per return sequence); a list -> a list of those.
+        Keyword arguments override the pipeline's settings for this call, as in HF (`max_length`
+        replaces a default `max_new_tokens`); the default length is `default_max_new_tokens`."""
+        return_full_text = kwargs.pop("return_full_text", self.return_full_text)
         single = isinstance(text_inputs, str)
         prompts = [text_inputs] if single else list(text_inputs)
-        texts = self.generator.generate(prompts, **options)
+        base = self.generation_config if generation_config is None else generation_config
+        texts = self.generator.generate(prompts, base, **kwargs)
+        n = len(texts) // len(prompts)  # num_return_sequences
         results = []
         for i, prompt in enumerate(prompts):
             rows = texts[i * n:(i + 1) * n]
@@ -43,12 +47,13 @@ class TextGenerationPipeline:
         return results[0] if single else results
 
 
-def pipeline(task: str, model, **defaults) -> TextGenerationPipeline:
+def pipeline(task: str, model, generation_config: GenerationConfig | None = None, **defaults) -> TextGenerationPipeline:
     """model: a pt2tf OUT_DIR, a tf2/ or tf1/ folder, or a loaded `Generator`.
 
-    Keyword arguments become per-call defaults (e.g. `max_new_tokens=50, do_sample=True`).
+    generation_config and keyword arguments (e.g. `max_new_tokens=50, do_sample=True`, and
+    `return_full_text`) become per-call defaults.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     generator = model if isinstance(model, Generator) else Generator.from_pretrained(model)
-    return TextGenerationPipeline(generator, **defaults)
+    return TextGenerationPipeline(generator, generation_config, **defaults)

@@ -3,24 +3,30 @@
 Stock TF Serving has no (or an old) tensorflow-text, so `TextGraph` uses core TensorFlow ops only:
 `tf.strings`, `tf.lookup.StaticHashTable`, ragged tensors and a `tf.while_loop`. `encode` gives the
 ids of HF's slow `BertTokenizer` (BasicTokenizer then WordPiece) with `[CLS]` in front, `decode` the
-clean text of `ChineseTokenizer.decode`. Core TF has no Unicode normalisation or full `lower()`, so
-at construction we precompute, with Python's `unicodedata` (the one HF uses), what BERT does to each
-single code point (lower, clean, CJK spacing, NFC, lower, NFD, strip Mn, punctuation spacing) and
-store it as code-point ranges plus a table; the graph maps each code point and splits at spaces.
+clean text of `ChineseTokenizer.decode`, `continue_text` the reply of `ChineseTokenizer.continue_text`
+(the request text as sent + the decoded new tokens). Core TF has no Unicode normalisation or full
+`lower()`, so at construction we precompute, with Python's `unicodedata` (the one HF uses), what BERT
+does to each single code point (lower, clean, CJK spacing, NFC, lower, NFD, strip Mn, punctuation
+spacing) and store it as code-point ranges plus a table; the graph maps each code point and splits at
+spaces. Casing follows the model's tokenizer settings as `ChineseTokenizer` does: `do_lower_case`, and
+accents stripped whenever lower-casing is on unless strip_accents=False (strip_accents=True strips
+them in a cased model too).
 
 Differences from HF (everything else gives identical ids; see tests/cngpt_tf/test_text_graph.py):
 
-* do_lower_case=True: BERT's NFC then NFD of a whole word equal NFD per code point, except the
+* accents stripped: BERT's NFC then NFD of a whole word equal NFD per code point, except the
   canonical reordering of adjacent *spacing* marks (category Mc with a non-zero combining class; 25
   code points such as U+302E, U+1D165-U+1D172) that NFD reorders and we do not. It can only change
   ids if a vocab piece holds such a mark; the BERT Chinese vocab holds none (the word is `[UNK]`
   either way), so there the ids are identical.
-* do_lower_case=False: NFC composition of multi-code-point sequences ("e" + U+0301 -> "é") is not
+* accents kept (do_lower_case=False): NFC composition of multi-code-point sequences ("e" + U+0301 -> "é") is not
   done, only single code point NFC (U+212B -> "Å", CJK compatibility ideographs); ids differ where
   the vocab spells the two forms differently (in the BERT Chinese vocab both are `[UNK]`). A
   special token interrupted by dropped characters ("[CL\\x00S]") is `[`, `CL`/`[UNK]`, `]` here,
   `[CLS]` in HF (its never_split check runs after cleaning; with lower-casing it cannot match).
 * Bytes that are not UTF-8 become U+FFFD, which BERT's cleaning drops: such input never raises.
+  `continue_text` keeps a text's bytes as sent, except that such bytes become U+FFFD there too, so
+  that every reply is valid UTF-8 (a JSON reply of the REST API needs it).
 * `decode` drops ids outside the vocab where `ChineseTokenizer.decode` raises VocabError.
 """
 
@@ -44,14 +50,17 @@ _KEEP, _SPACED, _TABLE = 0, 1, 2  # code point classes: unchanged, " c ", looked
 class TextGraph(tf.Module):
     """`encode`: text -> left-padded `[CLS]` + BERT ids; `decode`: ids -> clean text. Serializable.
 
-    `vocab_tokens` is `read_vocab(path)` (id = index). The first build takes 1-2 s (a pass over
-    all code points, cached per `do_lower_case`). Both methods are `tf.function`s with fixed
-    signatures, so `tf.saved_model.save` keeps them and the tables (module attributes) without
-    tensorflow-text or Python callbacks.
+    `vocab_tokens` is `read_vocab(path)` (id = index); do_lower_case / strip_accents as in
+    `ChineseTokenizer` (the model's tokenizer_config.json). The first build takes 1-2 s (a pass over
+    all code points, cached per casing). The methods are `tf.function`s with fixed signatures, so
+    `tf.saved_model.save` keeps them and the tables (module attributes) without tensorflow-text or
+    Python callbacks.
     """
 
-    def __init__(self, vocab_tokens: list[str], *, do_lower_case: bool = True, add_cls: bool = True):
+    def __init__(self, vocab_tokens: list[str], *, do_lower_case: bool = True, add_cls: bool = True,
+                 strip_accents: bool | None = None):
         super().__init__()
+        strip = strip_accents is not False if do_lower_case else bool(strip_accents)  # HF's BasicTokenizer
         ids = {t: i for i, t in enumerate(vocab_tokens)}  # last duplicate wins, as HF's load_vocab
         self._unk, self._cls, self._pad = ids[UNK], ids[CLS], ids[PAD]
         self._add_cls = add_cls
@@ -61,10 +70,13 @@ class TextGraph(tf.Module):
                                      [ids.get(s, self._unk) for s in _SPECIALS], -1)
         # Longest piece in characters: WordPiece never needs to try a longer prefix.
         self._max_piece = max(len(t[2:] if t.startswith("##") else t) for t in ids) or 1
-        bounds, classes, table = _code_point_map(do_lower_case)
+        bounds, classes, table = _code_point_map(bool(do_lower_case), strip)
         self._bounds = tf.constant(bounds, tf.int32)  # [R] first code point of each run
         self._classes = tf.constant(classes, tf.int32)  # [R] class of each run
         self._chars = _table(list(table), list(table.values()), "")
+        starts, wordlike = _wordlike_runs()
+        self._wordlike_bounds = tf.constant(starts, tf.int32)  # [R'] first code point of each run
+        self._wordlike_runs = tf.constant(wordlike)  # [R'] bool: is_wordlike of that run
         self._decode_init(vocab_tokens)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
@@ -118,6 +130,30 @@ class TextGraph(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
     def decode(self, ids, eos_id):
         """ids [B, N] -> text [B]: `ChineseTokenizer.decode`, also ending at the first `eos_id`."""
+        return self._decode(ids, eos_id)[0]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([], tf.int32)])
+    def continue_text(self, text, new_ids, eos_id):
+        """text [B] (the requests as sent), new_ids [B, N] -> [B]: each text byte for byte (bytes that
+        are not UTF-8 become U+FFFD), then the decode of its new tokens, joined by
+        `cngpt_tf.tokenizer.join_continuation`'s rule (one space only between a word-like last
+        character of the text and a word-like first character of the continuation, unless that
+        starts with a "##" piece)."""
+        continuation, first_id, has_first = self._decode(new_ids, eos_id)
+        text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
+        cps = tf.strings.unicode_decode(text, "UTF-8")  # ragged [B, L]: the last code point decides
+        nonempty = cps.row_lengths() > 0
+        last = tf.gather(tf.concat([cps.values, [0]], 0), tf.where(nonempty, cps.row_limits() - 1, 0))
+        runs = tf.searchsorted(self._wordlike_bounds, tf.cast(last, tf.int32), side="right") - 1
+        text_wordlike = nonempty & tf.gather(self._wordlike_runs, runs)
+        space = (text_wordlike & has_first & tf.gather(self._starts_wordlike, first_id)
+                 & ~tf.gather(self._is_cont, first_id))
+        return tf.strings.join([text, tf.where(space, " ", ""), continuation])
+
+    def _decode(self, ids, eos_id):
+        """decode's text [B], and per row the first shown token's id [B] (0 when none) and whether
+        there is one [B]."""
         inside = (ids >= 0) & (ids < self._size)
         safe = tf.where(inside, ids, 0)
         stop = tf.equal(ids, self._sep) | tf.equal(ids, eos_id)
@@ -137,7 +173,10 @@ class TextGraph(tf.Module):
                  & tf.gather(self._ends_wordlike, prev) & tf.gather(self._starts_wordlike, tok.values))
         pieces = tf.gather(self._pieces, tok.values)
         text = tf.where(space, tf.strings.join([" ", pieces]), pieces)
-        return tf.strings.reduce_join(tok.with_values(text), axis=1)
+        has_first = tok.row_lengths() > 0
+        first_id = tf.gather(tf.concat([tok.values, [0]], 0),
+                             tf.where(has_first, tok.row_starts(), tf.size(tok.values, out_type=tf.int64)))
+        return tf.strings.reduce_join(tok.with_values(text), axis=1), first_id, has_first
 
     def _wordpiece(self, words):
         """HF's greedy longest-match-first WordPiece over words [N] -> ragged ids [N, P].
@@ -214,13 +253,13 @@ def _table(keys, values, default) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(init, default)
 
 
-@functools.lru_cache(maxsize=2)  # about 1.5 s each; the result is only read
-def _code_point_map(lower: bool) -> tuple[list[int], list[int], dict[int, str]]:
+@functools.lru_cache(maxsize=4)  # about 1.5 s each; the result is only read
+def _code_point_map(lower: bool, strip: bool) -> tuple[list[int], list[int], dict[int, str]]:
     """Runs of code points with one class, and the table of the code points BERT rewrites."""
     bounds, classes, table = [], [], {}
     for cp in range(0x110000):
         c = chr(cp)
-        out = _bert_char(c, lower)
+        out = _bert_char(c, lower, strip)
         cls = _KEEP if out == c else _SPACED if out == f" {c} " else _TABLE
         if cls == _TABLE and out:
             table[cp] = out
@@ -234,7 +273,19 @@ def _code_point_map(lower: bool) -> tuple[list[int], list[int], dict[int, str]]:
     return bounds, classes, table
 
 
-def _bert_char(c: str, lower: bool) -> str:
+@functools.lru_cache(maxsize=1)
+def _wordlike_runs() -> tuple[list[int], list[bool]]:
+    """Runs of code points by `is_wordlike` (the joining rule's test): first code point, and value."""
+    starts, values = [], []
+    for cp in range(0x110000):
+        value = is_wordlike(chr(cp))
+        if not values or values[-1] != value:
+            starts.append(cp)
+            values.append(value)
+    return starts, values
+
+
+def _bert_char(c: str, lower: bool, strip: bool) -> str:
     """What HF BertTokenizer makes of one code point, in HF's order; spaces separate words."""
     s = c.lower() if lower else c  # PreTrainedTokenizer.tokenize lowers each character first
     cleaned = []
@@ -248,7 +299,9 @@ def _bert_char(c: str, lower: bool) -> str:
         if y.isspace():  # str.split() also splits at U+2028/U+2029, which cleaning keeps
             out.append(" ")
             continue
-        if lower:  # token.lower(), then NFD and drop the combining marks (Mn)
-            y = "".join(z for z in unicodedata.normalize("NFD", y.lower()) if unicodedata.category(z) != "Mn")
+        if lower:  # token.lower() ...
+            y = y.lower()
+        if strip:  # ... then NFD and drop the combining marks (Mn)
+            y = "".join(z for z in unicodedata.normalize("NFD", y) if unicodedata.category(z) != "Mn")
         out.extend(f" {z} " if is_punctuation(z) else z for z in y)
     return "".join(out)

@@ -23,6 +23,22 @@ _SPECIAL_RE = re.compile("(" + "|".join(map(re.escape, _SPECIALS)) + ")")
 _UNUSED_RE = re.compile(r"\[unused\d+\]")
 
 
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def write_tokenizer_config(folder: str | Path, *, do_lower_case: bool = True,
+                           model_max_length: int | None = None) -> Path:
+    """Write HF's `tokenizer_config.json` for a model folder (tf1/, tf2/, the SavedModel's assets), so
+    that `ChineseTokenizer.from_pretrained` and HF's `BertTokenizer` tokenize as the model was
+    trained: a cased model (do_lower_case=false) stays cased in every format."""
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": bool(do_lower_case)}
+    if model_max_length is not None:
+        config["model_max_length"] = int(model_max_length)
+    path = Path(folder) / TOKENIZER_CONFIG
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
 class ChineseTokenizer:
     """BERT-Chinese WordPiece tokenizer for GPT-2: HF's slow `BertTokenizer` ids, clean decoding.
 
@@ -61,7 +77,7 @@ class ChineseTokenizer:
         """Load `folder/vocab.txt`, with the casing options of `folder/tokenizer_config.json` if any."""
         folder = Path(folder)
         kwargs = {}
-        config_path = folder / "tokenizer_config.json"
+        config_path = folder / TOKENIZER_CONFIG
         if config_path.is_file():
             try:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -148,6 +164,29 @@ class ChineseTokenizer:
     def decode_batch(self, batch_ids: Iterable[Iterable[int]], *, stop_at_eos: bool = True) -> list[str]:
         return [self.decode(ids, stop_at_eos=stop_at_eos) for ids in batch_ids]
 
+    def continue_text(self, prompt: str, new_ids: Iterable[int]) -> str:
+        """The reply to `prompt`: the prompt exactly as given + the clean decode of the new tokens
+        only (`decode(new_ids)`, ending at `[SEP]`), joined by `join_continuation`'s rule.
+
+        Only the new tokens are decoded, so a literal `[SEP]` (or `[CLS]`, an emoji, a capital, a
+        tab) in the prompt neither hides the continuation nor is normalised away: the prompt is
+        never re-created from its ids. The SavedModel's `serving_default` applies the same rule
+        in-graph (`cngpt_tf.text_graph.TextGraph.continue_text`)."""
+        ids = [operator.index(i) for i in new_ids]
+        continuation = self.decode(ids)
+        return join_continuation(prompt, continuation, self._first_shown_is_piece(ids))
+
+    def _first_shown_is_piece(self, ids: list[int]) -> bool:
+        """Whether the first token `decode` shows is a "##" piece (it continues the word before it)."""
+        for i in ids:
+            if i == self.sep_token_id:
+                return False
+            token = self._tokens[i]
+            if i in self._hidden or not token:
+                continue
+            return token.startswith("##") and len(token) > 2
+        return False
+
     def normalise(self, text: str, *, stop_at_eos: bool = True) -> str:
         """The text `decode(encode(text))` gives, computed from `text` by the rules of the class docstring."""
         words: list[str] = []
@@ -187,6 +226,25 @@ class ChineseTokenizer:
                 word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
             words.extend(_split_punctuation(word))
         return " ".join(words).split()
+
+
+def join_continuation(prompt: str, continuation: str, continues_word: bool) -> str:
+    """The one rule that joins a prompt and its decoded continuation, for every face (the Python
+    `Generator.generate` / pipeline and the SavedModel's `serving_default`, in-graph).
+
+    The prompt is kept byte for byte as sent; the continuation (the clean decode of the new tokens
+    only) follows it. One space goes between them only where decoding the two together would put
+    one: the prompt's last character and the continuation's first are both word-like (a letter or
+    digit that is not a CJK ideograph: "a Latin word after a Latin word gets its space") and the
+    continuation does not start with a "##" piece, which continues the prompt's last word:
+
+        ("GPT-2 is", "a model", False) -> "GPT-2 is a model"     ("hello ", "world", False) -> "hello world"
+        ("明月", "几时有", False)        -> "明月几时有"            ("hello", "s", True)      -> "hellos"
+    """
+    if continues_word or not prompt or not continuation:
+        return prompt + continuation
+    space = is_wordlike(prompt[-1]) and is_wordlike(continuation[0])
+    return prompt + (" " if space else "") + continuation
 
 
 def _join(words: list[str]) -> str:

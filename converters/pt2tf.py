@@ -9,6 +9,7 @@ import sys
 
 from cngpt_tf import cli
 from cngpt_tf.export.convert import FORMATS, SAVED_MODEL_VERSION, GenerationFlagError, convert
+from cngpt_tf.generation_config import GenerationConfig
 
 EXAMPLE = """\
 example:
@@ -34,16 +35,11 @@ def main(argv=None) -> int:
     parser.add_argument("--atol", type=float, default=1e-4, help="max abs logits difference (default %(default)s)")
     parser.add_argument("--cache_dir", help="download cache for URLs (default $CNGPT_CACHE or ~/.cache/cngpt_tf)")
     parser.add_argument("--demo", action="store_true", help="convert the embedded demo release (a small GPT-2 trained on Tang poems)")
-    serving = parser.add_argument_group("SavedModel generation signatures (fixed at export)")
+    serving = parser.add_argument_group("SavedModel")
     serving.add_argument("--no_generate", action="store_true", help="export the logits signature only")
     serving.add_argument("--saved_model_version", type=int, default=SAVED_MODEL_VERSION,
                          help="version folder under saved_model/ (TF Serving loads the highest)")
-    serving.add_argument("--max_new_tokens", type=int, default=50)
-    serving.add_argument("--do_sample", action="store_true", help="sample (default greedy)")
-    serving.add_argument("--top_k", type=int, default=0)
-    serving.add_argument("--top_p", type=float, default=1.0)
-    serving.add_argument("--temperature", type=float, default=1.0)
-    serving.add_argument("--repetition_penalty", type=float, default=1.0)
+    cli.add_generation_flags(parser, export=True)  # the generation signatures' settings
     args = parser.parse_args(argv)
     paths = [p for p in (args.src, args.out_dir) if p is not None]
     if len(paths) != (1 if args.demo else 2):
@@ -54,9 +50,12 @@ def main(argv=None) -> int:
         parser.error(f"--formats: unknown format(s) {unknown or formats}; choose from {','.join(FORMATS)}")
     if not 0 <= args.atol < float("inf"):  # NaN fails too
         parser.error(f"--atol must be a finite number >= 0, got {args.atol}")
+    if not 1 <= args.saved_model_version < 2**63:  # TF Serving reads the folder name as an int64
+        parser.error(f"--saved_model_version must be an integer in [1, 2**63 - 1], got {args.saved_model_version}")
+    # checked here without the model; what needs it (max_new_tokens < n_positions, top_k <= vocab)
+    # once config.json is read, before the weights (GenerationFlagError)
+    generation = GenerationConfig(**cli.generation_flags(parser, args))
     cli.setup_logging(args.verbose)
-
-    generation = _generation_settings(args, parser)
 
     def run():
         if args.demo:
@@ -74,28 +73,6 @@ def main(argv=None) -> int:
         print(f"done: {out}")
 
     return cli.run_main(run)
-
-
-
-# ----- helpers ------------------------------------------------------------------------------------
-
-
-def _generation_settings(args, parser):
-    """The export's generation settings from the flags, checked before any work (argparse errors);
-    those that depend on the model (max_new_tokens, top_k) are checked once config.json is read."""
-    if args.max_new_tokens < 1:
-        parser.error(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    if not 1 <= args.saved_model_version < 2**63:  # TF Serving reads the folder name as an int64
-        parser.error(f"--saved_model_version must be an integer in [1, 2**63 - 1], got {args.saved_model_version}")
-    from cngpt_tf.export.saved_model import GenerationSettings
-
-    settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.top_k, args.top_p, args.temperature,
-                                  args.repetition_penalty)
-    try:
-        settings.sampling  # noqa: B018  (validates)
-    except ValueError as e:
-        parser.error(str(e))
-    return settings
 
 
 if __name__ == "__main__":

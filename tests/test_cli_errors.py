@@ -124,12 +124,43 @@ def test_deferred_block_is_not_cut_and_raises_after():
 # ----- flags checked before any weights are read -----------------------------------------------------
 
 
-@pytest.mark.parametrize("flag", [["--max_new_tokens", "0"], ["--max_length", "0"], ["--num_return_sequences", "0"]])
+@pytest.mark.parametrize("flag", [["--max_new_tokens", "0"], ["--max_length", "0"], ["--num_return_sequences", "0"],
+                                  ["--min_new_tokens", "-1"], ["--seed", "-1"]])
 def test_generate_rejects_lengths_below_one_before_loading(flag, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:  # the model does not exist: a load would be an "error:" line
         generate.main([str(tmp_path / "no_model"), "春", *flag])
     err = capsys.readouterr().err
-    assert info.value.code == 2 and "usage:" in err and f"{flag[0]} must be >= 1" in err
+    assert info.value.code == 2 and "usage:" in err and f"error: {flag[0][2:]} must be an integer" in err, err
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--form", "五言绝句", "--max_new_tokens", "8"], "--max_new_tokens: a poem's form fixes its length"),
+    (["--acrostic", "明月几时", "--min_new_tokens", "2"], "--min_new_tokens: a poem's form fixes its length"),
+    (["--form", "七言"], "form: use one of"),
+    (["--num_return_sequences", "2"], "num_return_sequences > 1 needs do_sample=True"),
+    (["--max_length", "9", "--max_new_tokens", "8"], "not allowed with argument"),
+])
+def test_generate_refuses_settings_that_cannot_work_before_loading(argv, text, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        generate.main([str(tmp_path / "no_model"), "春", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and text in err.splitlines()[-1], err
+
+
+def test_generate_poem_samples_several_without_do_sample(capsys, monkeypatch):
+    """A poem samples by default, so --num_return_sequences needs no --do_sample there."""
+    import cngpt_tf.generator
+
+    calls = []
+
+    class Fake:
+        def poem(self, prompt, **kwargs):
+            calls.append((prompt, kwargs))
+            return ["床前明月光，\n疑是地上霜。"]
+
+    monkeypatch.setattr(cngpt_tf.generator.Generator, "from_pretrained", staticmethod(lambda path: Fake()))
+    assert generate.main(["model", "春", "--form", "5,2", "--num_return_sequences", "2", "--top_k", "8"]) == 0
+    assert calls == [("春", {"form": "5,2", "num_return_sequences": 2, "top_k": 8})]  # only what was given
 
 
 class _FakeGenerator:
@@ -140,17 +171,18 @@ class _FakeGenerator:
         raise self.error
 
 
-@pytest.mark.parametrize("error, usage", [(ValueError("temperature must be finite, got nan"), True),
+@pytest.mark.parametrize("error, usage", [(ValueError("max_new_tokens=60: prompt (9 tokens) + 60 new tokens exceed "
+                                                      "n_positions=64"), True),
                                           (SourceError("model/: missing vocab.txt"), False)])
 def test_generate_library_value_error_is_a_usage_error(error, usage, capsys, monkeypatch):
     import cngpt_tf.generator
 
     monkeypatch.setattr(cngpt_tf.generator.Generator, "from_pretrained",
                         staticmethod(lambda path: _FakeGenerator(error)))
-    if usage:
+    if usage:  # a setting that only the model can refuse
         with pytest.raises(SystemExit) as info:
-            generate.main(["model", "春", "--temperature", "nan"])
-        assert info.value.code == 2 and "temperature must be finite" in capsys.readouterr().err
+            generate.main(["model", "春", "--max_new_tokens", "60"])
+        assert info.value.code == 2 and "exceed n_positions=64" in capsys.readouterr().err
     else:  # our typed errors stay `error:` lines with their code
         assert generate.main(["model", "春"]) == 2
         assert capsys.readouterr().err.splitlines()[-1] == "error: model/: missing vocab.txt"
@@ -183,6 +215,23 @@ def test_pt2tf_rejects_flags_the_config_cannot_honour_before_reading_weights(fla
     err = capsys.readouterr().err
     assert info.value.code == 2 and "usage:" in err and text in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("flag", [["--seed", "1"], ["--num_return_sequences", "2"], ["--form", "五言绝句"],
+                                  ["--max_length", "20"], ["--min_new_tokens", "2"]])
+def test_pt2tf_refuses_per_request_settings(flag, tmp_path, capsys):
+    """A SavedModel takes its seed per request and writes one text per prompt; poems have their own
+    signature: these flags would do nothing in an export, so they are refused, saying why (and --form
+    is not taken for an abbreviation of --formats)."""
+    from converters import pt2tf
+
+    with pytest.raises(SystemExit) as info:
+        pt2tf.main([str(tmp_path / "no_model"), str(tmp_path / "out"), *flag])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"error: {flag[0]}: not an export setting; " in err.splitlines()[-1], err
+    with pytest.raises(SystemExit):  # and --help does not offer them
+        pt2tf.main(["--help"])
+    assert flag[0] + " " not in capsys.readouterr().out
 
 
 def test_pt2tf_disk_full_is_one_line_and_leaves_nothing(tiny_pt_dir, tmp_path, capsys, monkeypatch):

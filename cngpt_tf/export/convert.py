@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..formats import names
 from ..formats.pytorch import read_pytorch
 from ..formats.source import HUB_PATTERNS, default_cache_dir, open_source
+from ..generation_config import GenerationConfig
 
 from .output import check_output, move_into_place, workspace
 
@@ -41,14 +42,16 @@ def convert(
     atol: float = 1e-4,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    generation=None,
+    generation: GenerationConfig | None = None,
     no_generate: bool = False,
     saved_model_version: int = SAVED_MODEL_VERSION,
 ) -> dict:
     """Convert `src` into `out_dir`; return the conversion report. Raises CngptError subclasses.
 
-    generation: `cngpt_tf.export.saved_model.GenerationSettings` for the SavedModel's generation
-    signatures (default: greedy, 50 new tokens); no_generate=True exports `logits` only.
+    generation: the settings of the SavedModel's generation signatures (default `GenerationConfig()`:
+    greedy), checked against the model before its weights are read (GenerationFlagError); without
+    max_new_tokens the export takes `default_max_new_tokens(n_positions)`. no_generate=True exports
+    `logits` only.
 
     TensorFlow-heavy modules are imported inside the steps so that `--help` and bad-argument errors
     answer at once instead of after TensorFlow's multi-second import.
@@ -64,14 +67,8 @@ def convert(
         with steps("read"):
             config, vocab_ids = with_vocab(GPT2Config.from_file(files.config, files.shown(files.config)), files.vocab)
             settings = None
-            if "saved_model" in formats and not no_generate:
-                from .saved_model import GenerationSettings
-
-                settings = generation or GenerationSettings()
-                try:
-                    settings.check_for(config)  # before reading the weights
-                except ValueError as e:
-                    raise GenerationFlagError(f"{e} (model {files.shown(files.config)})") from e
+            if "saved_model" in formats and not no_generate:  # checked before reading the weights
+                settings = export_settings(generation, config, files.shown(files.config))
             tensors = read_pytorch(files.weights, files.shown(files.weights))
             names.check(tensors, names.PT, config, origin=files.shown(files.weights))  # before writing anything
             log.info("%s: %d tensors, %s", files.shown(files.weights), len(tensors), _describe(config))
@@ -107,7 +104,7 @@ def _write(fmt: str, work: Path, tensors, config: GPT2Config, files, generation,
     if fmt == "tf1":
         from ..formats.tf1 import write_tf1
 
-        write_tf1(work / "tf1", tensors, config, files.vocab)
+        write_tf1(work / "tf1", tensors, config, files.vocab, do_lower_case=_do_lower_case(files.folder))
         return work / "tf1"
     if fmt == "tf2":
         from ..formats.hf_tf2 import write_tf2
@@ -117,7 +114,7 @@ def _write(fmt: str, work: Path, tensors, config: GPT2Config, files, generation,
     from .saved_model import export_saved_model
 
     folder = work / "saved_model" / str(version)
-    export_saved_model(folder, tensors, config, files.vocab, generation)
+    export_saved_model(folder, tensors, config, files.vocab, generation, do_lower_case=_do_lower_case(files.folder))
     return folder
 
 
@@ -125,8 +122,22 @@ def _write(fmt: str, work: Path, tensors, config: GPT2Config, files, generation,
 
 
 class GenerationFlagError(ConfigError):
-    """A generation setting the model cannot honour (`GenerationSettings.check_for`: max_new_tokens,
-    top_k); the CLI shows it as a usage error."""
+    """A generation setting the model cannot honour (max_new_tokens >= n_positions, top_k > the vocab,
+    ...); the CLI shows it as a usage error."""
+
+
+def export_settings(generation: GenerationConfig | None, config: GPT2Config, shown: str = "the model",
+                    ) -> GenerationConfig:
+    """The SavedModel's generation settings: `generation` (default `GenerationConfig()`) as the
+    export fixes them (`GenerationConfig.for_export`: checked against the model, a concrete
+    max_new_tokens). GenerationFlagError naming the model (`shown`) otherwise."""
+    generation = GenerationConfig() if generation is None else generation
+    if not isinstance(generation, GenerationConfig):
+        raise TypeError(f"generation must be a GenerationConfig, got {type(generation).__name__}")
+    try:
+        return generation.for_export(config.n_vocab, config.n_ctx)
+    except ValueError as e:
+        raise GenerationFlagError(f"{e} (model {shown})") from None
 
 
 def _inputs(src: str, cache_dir) -> list[Path]:

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from ..config import with_vocab, write_json
-from ..errors import SourceError
 from ..formats.pytorch import write_pytorch
+from ..formats.registry import detect
 
 from .output import check_output, move_into_place, workspace
 
@@ -27,19 +27,15 @@ PRODUCED = ("pytorch_model.bin", "model.safetensors", "config.json", "vocab.txt"
 
 
 def convert_back(src: str | Path, out_dir: str | Path, *, safetensors: bool = False, overwrite: bool = False) -> Path:
-    """Convert a tf1/ or tf2/ folder into a PyTorch model folder; return out_dir."""
+    """Convert a tf1/ or tf2/ folder (or a pt2tf OUT_DIR: its tf1/, else its tf2/) into a PyTorch
+    model folder; return out_dir. `cngpt_tf.formats.registry.detect` decides what `src` holds."""
     src, out_dir = Path(src), Path(out_dir)
-    # the folder and every file in it (a linked file may live in OUT_DIR)
-    inputs = [src, *(src.iterdir() if src.is_dir() else ())]
+    fmt, folder = detect(src, accept=("tf1", "tf2"))  # SourceError naming src when it holds neither
+    # the folders and every file of the one read (a linked file may live in OUT_DIR)
+    inputs = list(dict.fromkeys([src, folder, *folder.iterdir()]))
     target = check_output(out_dir, overwrite, PRODUCED, inputs)
-    if (src / "hparams.json").is_file():
-        from ..formats.tf1 import read_tf1 as read
-    elif (src / "tf_model.h5").is_file():
-        from ..formats.hf_tf2 import read_tf2 as read
-    else:
-        raise SourceError(f"{src}: neither a tf1/ folder (hparams.json) nor a tf2/ folder (tf_model.h5)")
-    vocab = src / "vocab.txt"
-    config, tensors = read(src)
+    vocab = folder / "vocab.txt"
+    config, tensors = fmt.read(folder)
     config, _ = with_vocab(config, vocab)
     with workspace(target, inputs) as work:
         weights = write_pytorch(work, tensors, safetensors=safetensors)

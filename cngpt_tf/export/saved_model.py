@@ -1,33 +1,42 @@
 """Export `OUT_DIR/saved_model/<version>/`: a TF2 SavedModel for TF Serving, built on `cngpt_tf.model`.
 
-Signatures (the input and output names are what REST/gRPC clients send and receive):
-- `serving_default`: `text` tf.string [batch] -> `generated_text` tf.string [batch]. Tokenization and
-  the clean decode run in-graph with core TensorFlow ops only (`cngpt_tf.text_graph`), so the stock
-  model server needs no tensorflow-text. A prompt longer than the context minus `max_new_tokens` is
-  truncated from the left (its end is kept).
+Signatures (the input and output names are what REST/gRPC clients send and receive); every one takes
+an empty batch and answers it with an empty result:
+- `serving_default`: `text` tf.string [batch] -> `generated_text` tf.string [batch]: each text exactly
+  as sent (bytes unchanged; bytes that are not UTF-8 become U+FFFD, so that every reply is valid
+  UTF-8), then the clean decode of the new tokens only, joined by
+  `cngpt_tf.tokenizer.join_continuation`'s rule — the reply `Generator.generate` gives. Tokenization
+  (HF BertTokenizer's ids, with the model's do_lower_case) and decoding run in-graph with core
+  TensorFlow ops only (`cngpt_tf.text_graph`), so the stock model server needs no tensorflow-text. A
+  prompt longer than the context minus `max_new_tokens` is truncated from the left for the model
+  (its end is kept); the reply still starts with the whole text.
+- sampled exports add `serving_seeded`: `text` + int64 `seed` [batch] (one seed per request: the
+  first row's; all rows of a request share one random stream) -> `generated_text`.
 - `generate_ids`: int32 `input_ids`, `attention_mask` [batch, seq] (left-padded) -> int32
   `sequences` [batch, seq + new]: the prompt, then the new tokens, [PAD] after end-of-text.
 - `logits`: int32 `input_ids`, `attention_mask` -> float32 `logits` [batch, seq, vocab].
-- sampled exports add `serving_seeded`: `text` + int64 `seed` [batch] (one seed per request: the
-  first row's; all rows of a request share one random stream) -> `generated_text`.
-- `poem`: `text` (a title or context, may be ""), `form` ("七言绝句"… or "chars,lines"),
-  `acrostic` ("" for none, else one character per line), `rhyme` ("" or "auto"), int64 `seed`,
-  all [batch] -> `poem` tf.string: one line per 句, "\n"-joined; the form enforced by the masks of
-  `cngpt_tf.poetry` inside the decode loop, with the export's sampling settings.
+- `poem` (when the vocab holds the poem punctuation "，" and "。"; else it is left out with a logged
+  warning): `text` (a title or context, may be ""), `form` ("七言绝句"… or "chars,lines"),
+  `acrostic` ("" for none, else one character per line), `rhyme` ("" for none, "auto", a rhyme-group
+  name of the shipped table such as "十唐", or one character), int64 `seed`, all [batch] -> `poem`
+  tf.string: one line per 句, "\n"-joined, as `Generator.poem` gives it for the same settings and
+  seed; the form enforced by the masks of `cngpt_tf.poetry` inside the decode loop, with the export's
+  sampling settings (`cngpt_tf.export.poem_graph` parses the request).
 Requests are checked as the Python `Generator` checks its arguments, by the same rules
 (`cngpt_tf.decoding.check_prompts` for ids and masks, `cngpt_tf.sampling.check_seed` for seeds: an
-integer in [0, 2**31 - 1], never wrapped); a bad request fails with INVALID_ARGUMENT naming the
-problem, before any decoding. Generation settings are fixed at export (checked against the model by
-`GenerationSettings.check_for`) and written to `assets/generation_config.json` under HF
-`GenerationConfig` key names. The decode loop is XLA-compiled (`jit_compile=True`): the CPU model
-server needs `--xla_cpu_compilation_enabled=true` (see README).
+integer in [0, 2**31 - 1], never wrapped; `PoemPlan.build`'s rules for form, acrostic and rhyme); a bad
+request fails with INVALID_ARGUMENT naming the problem, before any decoding. Generation settings are a
+`GenerationConfig` fixed at export (validated against the model) and written to
+`assets/generation_config.json` (HF's file); the tokenizer's casing goes to
+`assets/tokenizer_config.json`. `num_return_sequences` is not applied (one reply per request row).
+The decode loop is XLA-compiled (`jit_compile=True`): the CPU model server needs
+`--xla_cpu_compilation_enabled=true` (see README).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -36,9 +45,13 @@ import tensorflow as tf
 from .. import model
 from ..config import GPT2Config
 from ..decoding import check_prompts, compile_decoder, generate_bucketed, round_up
-from ..poetry import FORMS, PoemConstraint, PoemVocab, build_schedule
-from ..sampling import SamplingConfig, check_seed, make_sampler
+from ..generation_config import GenerationConfig, default_max_new_tokens
+from ..poetry import PoemConstraint, build_schedule, missing_punctuation
+from ..sampling import check_seed, make_sampler, require
+from ..tokenizer import write_tokenizer_config
 from ..vocab import read_vocab
+
+log = logging.getLogger("cngpt_tf.export.saved_model")
 
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32, name="input_ids")
 MASK_SPEC = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
@@ -49,37 +62,15 @@ ACROSTIC_SPEC = tf.TensorSpec([None], tf.string, name="acrostic")
 RHYME_SPEC = tf.TensorSpec([None], tf.string, name="rhyme")
 
 
-@dataclasses.dataclass(frozen=True)
-class GenerationSettings:
-    """What the exported generation signatures do; HF GenerationConfig names."""
-
-    max_new_tokens: int = 50
-    do_sample: bool = False
-    top_k: int = 0
-    top_p: float = 1.0
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        """The sampling settings, checked alone (`SamplingConfig.validate`)."""
-        return SamplingConfig(self.do_sample, self.top_k, self.top_p, self.temperature,
-                              self.repetition_penalty).validate()
-
-    def check_for(self, config: GPT2Config) -> "GenerationSettings":
-        """Check every setting against the model before anything is built: ValueError naming the
-        setting (max_new_tokens, top_k, ...; the pt2tf flag of the same name). Returns self."""
-        m, n_ctx = self.max_new_tokens, config.n_ctx
-        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m < n_ctx:
-            raise ValueError(f"max_new_tokens must be an integer in [1, {n_ctx - 1}]: a prompt needs at least "
-                             f"one of the n_positions={n_ctx} positions, got {m!r}")
-        SamplingConfig(self.do_sample, self.top_k, self.top_p, self.temperature,
-                       self.repetition_penalty).validate(config.n_vocab)
-        return self
-
-    def to_generation_config(self, config: GPT2Config) -> dict:
-        return {**dataclasses.asdict(self), "pad_token_id": config.pad_token_id,
-                "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
+def fixed_generation(generation: GenerationConfig, config: GPT2Config) -> GenerationConfig:
+    """`generation` validated against the model, with the max_new_tokens every request gets (the
+    export fixes it): ValueError naming the setting otherwise, before anything is built."""
+    generation = generation.validate(config.n_vocab, config.n_ctx)
+    if generation.max_new_tokens is None:
+        if generation.max_length is not None:
+            raise ValueError("max_length: a SavedModel fixes the number of new tokens; give max_new_tokens")
+        generation = generation.update(max_new_tokens=default_max_new_tokens(config.n_ctx))
+    return generation.validate(config.n_vocab, config.n_ctx)
 
 
 class GPT2Module(tf.Module):
@@ -100,60 +91,101 @@ class GPT2Module(tf.Module):
 class GenerationModule(GPT2Module):
     """Adds the in-graph tokenizer and the generation functions, with settings fixed at export."""
 
-    def __init__(self, config: GPT2Config, pt_tensors, vocab: str | Path, generation: GenerationSettings):
+    def __init__(self, config: GPT2Config, pt_tensors, vocab: str | Path, generation: GenerationConfig, *,
+                 do_lower_case: bool = True):
         from ..text_graph import TextGraph
+        from .poem_graph import PoemTables
 
-        self.generation = generation.check_for(config)
+        self.generation = fixed_generation(generation, config)
         super().__init__(config, pt_tensors, vocab)
         tokens = read_vocab(vocab)
-        self.text = TextGraph(tokens)
-        sampler = make_sampler(generation.sampling)
+        self.text = TextGraph(tokens, do_lower_case=do_lower_case)
+        sampler = make_sampler(self.generation.strategy)
         self._decode = compile_decoder(self.params, config, sampler)
-        self._decode_poem = compile_decoder(self.params, config, sampler, PoemConstraint.from_inputs)
-        self._poems = _PoemTables(tokens, config.eos_token_id)
+        missing = missing_punctuation(tokens)
+        self.has_poem = not missing
+        if missing:
+            log.warning("%s: the vocab lacks the poem punctuation %s: exporting without the `poem` signature",
+                        vocab, " ".join(missing))
+        else:  # a tf.function only here: saving traces every tf.function of the module
+            self._decode_poem = compile_decoder(self.params, config, sampler, PoemConstraint.from_inputs)
+            self._poems = PoemTables(tokens, config.eos_token_id)
+            self.poem = tf.function(self._poem, input_signature=[TEXT_SPEC, FORM_SPEC, ACROSTIC_SPEC,
+                                                                 RHYME_SPEC, SEED_SPEC])
 
     @tf.function(input_signature=[IDS_SPEC, MASK_SPEC])
     def generate_ids(self, input_ids, attention_mask):
-        with tf.control_dependencies(check_prompts(input_ids, attention_mask, self.config.n_vocab)):
-            return {"sequences": self._generate(input_ids, attention_mask, seed=0)}
+        def generate():
+            with tf.control_dependencies(check_prompts(input_ids, attention_mask, self.config.n_vocab)):
+                return self._generate(input_ids, attention_mask, self._seed, self.generation.max_new_tokens,
+                                      self.generation.min_new_tokens, self._decode)
+
+        def empty():  # [0, seq] in, [0, seq] out; the shapes must still agree
+            same = tf.reduce_all(tf.equal(tf.shape(input_ids), tf.shape(attention_mask)))
+            with tf.control_dependencies([require(same, "input_ids and attention_mask must have one shape "
+                                                        "[batch, length]")]):
+                return tf.identity(input_ids)
+
+        return {"sequences": tf.cond(tf.shape(input_ids)[0] > 0, generate, empty)}
 
     @tf.function(input_signature=[TEXT_SPEC])
     def generate_text(self, text):
-        return {"generated_text": self._generate_text(text, seed=0)}
+        return {"generated_text": self._generate_text(text, self._seed)}
 
     @tf.function(input_signature=[TEXT_SPEC, SEED_SPEC])
     def generate_text_seeded(self, text, seed):
-        return {"generated_text": self._generate_text(text, seed=_request_seed(seed))}
+        return {"generated_text": self._generate_text(text, _request_seed(seed))}
 
-    @tf.function(input_signature=[TEXT_SPEC, FORM_SPEC, ACROSTIC_SPEC, RHYME_SPEC, SEED_SPEC])
-    def poem(self, text, form, acrostic, rhyme, seed):
+    def _poem(self, text, form, acrostic, rhyme, seed):
         """Poems of an exact form after each `text` (a title or context, may be empty)."""
-        p = self._poems
-        chars, lines, acrostic_ids, rhymes = p.parse(form, acrostic, rhyme)
-        n_new = tf.reduce_max(lines * (chars + 1) + 1)
-        schedule, forced = build_schedule(chars, lines, acrostic_ids, rhymes, round_up(n_new))
-        input_ids, attention_mask = self.text.encode(text, self.config.n_ctx - n_new)
-        constraint = (p.table, schedule, forced, p.char_group, tf.fill(tf.shape(chars), -1))
-        sequences = self._generate(input_ids, attention_mask, _request_seed(seed), n_new, self._decode_poem,
-                                   constraint)
-        poems = self.text.decode(sequences[:, tf.shape(input_ids)[1]:], self.config.eos_token_id)
-        return {"poem": tf.strings.regex_replace(tf.strings.regex_replace(poems, "，", "，\n"), "。(.)", "。\n\\1")}
+        c = self.config
+        sizes = tf.stack([tf.size(x) for x in (text, form, acrostic, rhyme, seed)])
+        with tf.control_dependencies([require(tf.equal(sizes, sizes[0]),
+                                              "text, form, acrostic, rhyme and seed must have one batch size")]):
+            chars, lines, acrostic_ids, rhymes, groups = self._poems.parse(form, acrostic, rhyme)
+            seed = _request_seed(seed)
+        n_new = lines * (chars + 1) + 1  # [B] every character, every punctuation mark, then [SEP]
+        longest = tf.reduce_max(tf.concat([n_new, [1]], 0))
+        fits = require(longest < c.n_ctx, f"form: a poem of this form does not fit n_positions={c.n_ctx} "
+                                          "after a prompt")
+
+        def generate():
+            with tf.control_dependencies([fits]):
+                schedule, forced = build_schedule(chars, lines, acrostic_ids, rhymes, round_up(longest))
+                input_ids, attention_mask = self.text.encode(text, c.n_ctx - longest)
+            constraint = (self._poems.table, schedule, forced, self._poems.char_group, groups)
+            sequences = self._generate(input_ids, attention_mask, seed, longest, 0, self._decode_poem, constraint)
+            poems = self.text.decode(sequences[:, tf.shape(input_ids)[1]:], c.eos_token_id)
+            return _format_poems(poems)
+
+        with tf.control_dependencies([fits]):
+            return {"poem": tf.cond(tf.size(text) > 0, generate, lambda: tf.zeros([0], tf.string))}
+
+    @property
+    def _seed(self):
+        """The seed of a request without one: the export's seed, else 0."""
+        return tf.constant(self.generation.seed or 0, tf.int32)
 
     def _generate_text(self, text, seed):
-        max_prompt = self.config.n_ctx - self.generation.max_new_tokens
-        input_ids, attention_mask = self.text.encode(text, max_prompt)
-        sequences = self._generate(input_ids, attention_mask, seed)
-        return self.text.decode(sequences, self.config.eos_token_id)
+        """text [B] -> replies [B]: each text as sent + the decode of its new tokens."""
+        g = self.generation
 
-    def _generate(self, input_ids, attention_mask, seed, max_new=None, decode=None, constraint=()):
+        def generate():
+            input_ids, attention_mask = self.text.encode(text, self.config.n_ctx - g.max_new_tokens)
+            sequences = self._generate(input_ids, attention_mask, seed, g.max_new_tokens, g.min_new_tokens,
+                                       self._decode)
+            return self.text.continue_text(text, sequences[:, tf.shape(input_ids)[1]:], self.config.eos_token_id)
+
+        return tf.cond(tf.size(text) > 0, generate, lambda: tf.zeros([0], tf.string))
+
+    def _generate(self, input_ids, attention_mask, seed, max_new, min_new, decode, constraint=()):
         """Left-padded [B, P] prompts -> [B, P + new], with the export's generation settings."""
         c, g = self.config, self.generation
-        max_new = tf.constant(g.max_new_tokens) if max_new is None else max_new
         tf.debugging.assert_less_equal(
             tf.reduce_max(tf.reduce_sum(attention_mask, axis=1)) + max_new, c.n_ctx,
             message=f"prompt + new tokens exceed n_positions ({c.n_ctx})")
         return generate_bucketed(
-            decode or self._decode, input_ids, attention_mask, max_new, min_new=0, eos=c.eos_token_id,
+            decode, input_ids, attention_mask, max_new, min_new=min_new, eos=c.eos_token_id,
             pad=c.pad_token_id or 0, seed=seed, temperature=g.temperature, top_p=g.top_p,
             penalty=g.repetition_penalty, constraint=constraint)
 
@@ -166,67 +198,40 @@ def _request_seed(seed):
         return tf.cast(first, tf.int32)
 
 
-class _PoemTables(tf.Module):
-    """The poem masks' data for the `poem` signature, and in-graph parsing of its inputs."""
-
-    def __init__(self, tokens: list[str], sep_id: int):
-        super().__init__()
-        vocab = PoemVocab(tokens, sep_id)
-        self.table = tf.constant(vocab.table)
-        self.char_group = tf.constant(vocab.char_group)
-        cjk = {t: i for i, t in enumerate(tokens) if vocab.cjk[i]}  # a repeated token: the last id, as HF
-        self.char_ids = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            list(cjk), tf.constant(list(cjk.values()), tf.int32)), default_value=-1)
-        self.forms = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            list(FORMS), tf.constant([c * 100 + n for c, n in FORMS.values()], tf.int32)), default_value=-1)
-
-    def parse(self, form, acrostic, rhyme):
-        """form [B] ("七言绝句" or "C,L"), acrostic [B] ("" none), rhyme [B] ("" / "auto") -> the
-        inputs of `build_schedule`; a bad row fails the request with InvalidArgument."""
-        named = self.forms.lookup(form)
-        numeric = tf.strings.regex_full_match(form, r"[0-9]{1,2},[0-9]{1,2}")
-        tf.debugging.assert_equal(tf.reduce_all((named >= 0) | numeric), True,
-                                  message=f"form: use one of {', '.join(FORMS)} or 'chars,lines'")
-        digits = tf.where(numeric, form, "0,0")
-        pair = tf.strings.to_number(tf.strings.split(digits, ",").to_tensor("0", shape=[None, 2]), tf.int32)
-        chars = tf.where(named >= 0, named // 100, pair[:, 0])
-        lines = tf.where(named >= 0, named % 100, pair[:, 1])
-        tf.debugging.assert_positive(chars * lines, message="form: use a form name or 'chars,lines'")
-        tf.debugging.assert_less_equal(tf.maximum(chars, lines), 32, message="form: at most 32 chars and lines")
-        letters = tf.strings.unicode_split(acrostic, "UTF-8")  # ragged [B, A]
-        padded = letters.to_tensor("")
-        ids = self.char_ids.lookup(padded)
-        tf.debugging.assert_equal(tf.reduce_any((ids < 0) & (padded != "")), False,
-                                  message="acrostic: a character is not a Chinese character of the vocab")
-        count = letters.row_lengths()
-        tf.debugging.assert_equal(tf.logical_or(count == 0, tf.cast(count, tf.int32) == lines), True,
-                                  message="acrostic: one character per line")
-        ids = tf.where(tf.equal(count, 0)[:, None], -1, ids)
-        ids = tf.pad(ids, [[0, 0], [0, 1]], constant_values=-1)  # at least one column
-        return chars, lines, ids, tf.equal(rhyme, "auto")
+def _format_poems(poems):
+    """`cngpt_tf.poetry.format_poem` in-graph: a line break after each "，" and "。", none at the end."""
+    poems = tf.strings.regex_replace(poems, "([，。])", "\\1\n")
+    return tf.strings.regex_replace(poems, "\n+$", "")
 
 
 def export_saved_model(folder: str | Path, pt_tensors, config: GPT2Config, vocab: str | Path,
-                       generation: GenerationSettings | None = GenerationSettings()) -> None:
+                       generation: GenerationConfig | None, *, do_lower_case: bool = True) -> None:
     """Write the SavedModel into `folder` (the versioned folder, e.g. `saved_model/1`).
 
-    generation=None exports the `logits` signature only.
+    generation: the settings of the generation signatures (validated here again, ValueError naming
+    the setting before anything is built); None exports the `logits` signature only.
+    do_lower_case: the model's tokenizer casing (its tokenizer_config.json), used by the in-graph
+    tokenizer.
     """
     if generation is None:
         module = GPT2Module(config, pt_tensors, vocab)
     else:
-        module = GenerationModule(config, pt_tensors, vocab, generation)
+        module = GenerationModule(config, pt_tensors, vocab, generation, do_lower_case=do_lower_case)
     signatures = {"logits": module.logits.get_concrete_function()}
     with tempfile.TemporaryDirectory() as tmp:
         if generation is not None:
             signatures["serving_default"] = module.generate_text.get_concrete_function()
             signatures["generate_ids"] = module.generate_ids.get_concrete_function()
-            signatures["poem"] = module.poem.get_concrete_function()
-            if generation.do_sample:
+            if module.has_poem:
+                signatures["poem"] = module.poem.get_concrete_function()
+            if module.generation.do_sample:
                 signatures["serving_seeded"] = module.generate_text_seeded.get_concrete_function()
             path = Path(tmp) / "generation_config.json"
-            path.write_text(json.dumps(generation.to_generation_config(config), indent=2) + "\n", encoding="utf-8")
+            module.generation.to_json_file(path, pad_token_id=config.pad_token_id,
+                                           bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id)
             module.generation_config = tf.saved_model.Asset(str(path))
+            module.tokenizer_config = tf.saved_model.Asset(str(write_tokenizer_config(
+                tmp, do_lower_case=do_lower_case, model_max_length=config.n_ctx)))
         tf.saved_model.save(module, str(folder), signatures=signatures)
     if generation is not None:
         from .warmup import write_warmup_requests

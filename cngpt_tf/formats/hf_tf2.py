@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import GPT2Config, write_json
 from ..errors import CheckpointError, SourceError, WeightMappingError, short_repr
+from ..tokenizer import write_tokenizer_config
 from ..vocab import CLS, MASK, PAD, SEP, UNK
 from . import names
 
@@ -49,10 +50,7 @@ def write_tf2(
             group.create_dataset(path, data=np.asarray(value, np.float32))
     write_json(folder / "config.json", config.to_hf_dict())
     shutil.copyfile(vocab, folder / "vocab.txt")
-    write_json(
-        folder / "tokenizer_config.json",
-        {"tokenizer_class": "BertTokenizer", "do_lower_case": do_lower_case, "model_max_length": config.n_ctx},
-    )
+    write_tokenizer_config(folder, do_lower_case=do_lower_case, model_max_length=config.n_ctx)
     write_json(
         folder / "special_tokens_map.json",
         {"pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP, "mask_token": MASK},

@@ -17,17 +17,22 @@ import tensorflow as tf
 
 from ..config import GPT2Config, write_json
 from ..errors import CheckpointError, SourceError, short_repr
+from ..tokenizer import TOKENIZER_CONFIG, write_tokenizer_config
 from . import names
 
 PREFIX = "model.ckpt"
-FILES = ("checkpoint", f"{PREFIX}.index", f"{PREFIX}.data-00000-of-00001", "hparams.json", "vocab.txt")
+FILES = ("checkpoint", f"{PREFIX}.index", f"{PREFIX}.data-00000-of-00001", "hparams.json", "vocab.txt",
+         TOKENIZER_CONFIG)
 MAX_CHECKPOINT_FILE = 1 << 20  # the `checkpoint` state file is a few lines of text
 # What TensorFlow's checkpoint reader raises on a corrupt or truncated file (IndexError: a short read).
 _TF_ERRORS = (tf.errors.OpError, ValueError, IndexError, RuntimeError, TypeError, OSError)
 
 
-def write_tf1(folder: str | Path, pt_tensors: dict[str, np.ndarray], config: GPT2Config, vocab: str | Path) -> None:
-    """Write `pt_tensors` (PyTorch names) as `folder/model.ckpt.*` plus `checkpoint`, `hparams.json`, `vocab.txt`."""
+def write_tf1(folder: str | Path, pt_tensors: dict[str, np.ndarray], config: GPT2Config, vocab: str | Path,
+              do_lower_case: bool = True) -> None:
+    """Write `pt_tensors` (PyTorch names) as `folder/model.ckpt.*` plus `checkpoint`, `hparams.json`,
+    `vocab.txt` and `tokenizer_config.json` (do_lower_case: the source model's casing, which
+    `ChineseTokenizer.from_pretrained` and so the `Generator` read back)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = names.convert(pt_tensors, names.PT, names.TF1, config)
@@ -44,6 +49,7 @@ def write_tf1(folder: str | Path, pt_tensors: dict[str, np.ndarray], config: GPT
     )
     write_json(folder / "hparams.json", config.to_hparams_dict())
     shutil.copyfile(vocab, folder / "vocab.txt")
+    write_tokenizer_config(folder, do_lower_case=do_lower_case, model_max_length=config.n_ctx)
 
 
 def read_tf1(folder: str | Path) -> tuple[GPT2Config, dict[str, np.ndarray]]:

@@ -14,7 +14,8 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
 from cngpt_tf.decoding import BUCKET, SHORT, check_prompts, decode, round_up
-from cngpt_tf.sampling import SamplingConfig, make_sampler
+from cngpt_tf.generation_config import Strategy
+from cngpt_tf.sampling import make_sampler
 
 V = 20
 PAD = 19  # not reached by the small token walks below, so a pad in the output is unambiguous
@@ -77,7 +78,7 @@ def run(prompts=None, *, max_new, min_new=0, eos=-1, pad=PAD, penalty=1.0, ids=N
         ids, mask = left_pad(prompts, pad)
     batch, prompt_len = ids.shape
     model = model_cls(batch, prompt_len + n_new)
-    sampler = make_sampler(SamplingConfig(repetition_penalty=penalty))
+    sampler = make_sampler(Strategy(penalty=penalty != 1.0))
 
     @tf.function(jit_compile=True, autograph=False)  # as Generator._compiled_decode
     def fn(ids, mask, buffer, max_new, min_new, eos, pad, penalty):

@@ -9,13 +9,14 @@ full-size (12-layer, 21128-token) random model.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cngpt_tf.decoding import SHORT
 from cngpt_tf.generator import BUCKET, Generator
-from cngpt_tf.sampling import SamplingConfig
+from cngpt_tf.generation_config import GenerationConfig
 from tests.conftest import write_torch_model
 
 torch = pytest.importorskip("torch")
@@ -177,7 +178,7 @@ def test_top_k_1_sampling_equals_greedy(gen):
 
 
 def test_prompt_lengths_in_one_bucket_do_not_retrace(gen):
-    key = (SamplingConfig().trace_key, False)  # (sampling strategy, poem constraint or not)
+    key = (GenerationConfig().strategy, False)  # (sampling strategy, poem constraint or not)
     gen.generate_ids([[CLS, 5, 6]], max_new_tokens=NEW)
     fn = gen._compiled[key]
     before = fn.experimental_get_tracing_count()
@@ -213,8 +214,8 @@ BAD = [
     (dict(max_length=5, max_new_tokens=None), "max_length"),
     (dict(max_new_tokens=55), "max_new_tokens.*n_positions"),  # 10 + 55 > 64
     (dict(max_length=65, max_new_tokens=None), "max_length.*n_positions"),
-    (dict(max_length=20), "max_new_tokens and max_length"),  # both
-    (dict(max_new_tokens=None), "max_new_tokens and max_length"),  # neither
+    (dict(max_length=20), "max_new_tokens or max_length, not both"),  # both, in one call
+    (dict(max_new_tokens=64), "max_new_tokens=64 leaves no room for a prompt in n_positions=64"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(min_new_tokens=-1), "min_new_tokens"),
     (dict(min_new_tokens=5, max_new_tokens=4), "min_new_tokens"),  # more than it may generate
@@ -232,7 +233,7 @@ BAD = [
     (dict(do_sample=True, top_p=float("nan")), "top_p"),
     (dict(do_sample=True, top_k=2.0), "top_k"),
     (dict(do_sample=True, top_k=True), "top_k"),
-    (dict(do_sample=True, top_k=1804), "top_k.*vocab"),  # the tiny vocab has 1803 tokens
+    (dict(do_sample=True, top_k=1804), "top_k=1804 exceeds the vocab of 1803"),  # the tiny vocab's size
     (dict(top_k=10**6), "top_k.*vocab"),  # greedy too: a setting that cannot work is an error
     (dict(do_sample="yes"), "do_sample"),
     (dict(do_sample=True, seed=-1), "seed"),
@@ -245,6 +246,8 @@ BAD = [
     (dict(eos_token_id=-2), "eos_token_id"),
     (dict(pad_token_id=-1), "pad_token_id"),
     (dict(pad_token_id=1803), "pad_token_id"),
+    (dict(form="五言绝句"), "form: a poem"),  # a poem() setting: generate_ids would ignore it
+    (dict(acrostic="明月几时"), "acrostic: a poem"),
 ]
 
 
@@ -340,6 +343,99 @@ def test_poem_form_holds_at_the_accepted_extremes(gen, settings):
     for poem in poems:
         assert "[" not in poem and "#" not in poem, poem  # no [PAD], [UNK], [SEP] or word pieces
         check_poem(poem, vocab, 5, 4, acrostic="明月几时", rhyme="auto")
+
+
+# ----- one GenerationConfig: defaults, overrides, the model's generation_config.json -------------------
+
+
+def test_default_length_is_the_configs_rule(gen):
+    """Neither max_new_tokens nor max_length: `default_max_new_tokens(n_positions)`, 64 // 2 here."""
+    from cngpt_tf.generation_config import default_max_new_tokens
+
+    assert default_max_new_tokens(gen.config.n_ctx) == 32
+    ids, mask = left_pad(PROMPTS[:1])
+    out = gen.generate_ids(ids, mask, eos_token_id=-1)  # the shapes of the bucket test: no new compile
+    np.testing.assert_array_equal(out, gen.generate_ids(ids, mask, max_new_tokens=32, eos_token_id=-1))
+    assert out.shape == (1, ids.shape[1] + 32)
+
+
+def test_keyword_arguments_override_the_config_as_in_hf(gen):
+    ids, mask = left_pad(PROMPTS[:1])
+    expected = gen.generate_ids(ids, mask, max_new_tokens=NEW, eos_token_id=-1)
+    config = GenerationConfig(max_new_tokens=NEW)
+    np.testing.assert_array_equal(gen.generate_ids(ids, mask, config, eos_token_id=-1), expected)
+    # max_length replaces the config's max_new_tokens (HF's rule), it is not "both"
+    other = GenerationConfig(max_new_tokens=3)
+    np.testing.assert_array_equal(gen.generate_ids(ids, mask, other, max_length=ids.shape[1] + NEW, eos_token_id=-1),
+                                  expected)
+    with pytest.raises(TypeError, match="unknown generation setting.*top_n"):
+        gen.generate_ids(ids, mask, top_n=3)
+    with pytest.raises(TypeError, match="generation_config must be a GenerationConfig"):
+        gen.generate_ids(ids, mask, {"max_new_tokens": 3})
+
+
+class _Stop(Exception):
+    pass
+
+
+def settings_of_poem(gen, monkeypatch, *args, **kwargs) -> GenerationConfig:
+    """The settings poem() decodes with, caught before anything compiles."""
+    seen = []
+
+    def run(g, *rest, **options):
+        seen.append(g)
+        raise _Stop
+
+    monkeypatch.setattr(gen, "_run", run)
+    with pytest.raises(_Stop):
+        gen.poem("春", *args, **kwargs)
+    return seen[0]
+
+
+def test_poem_samples_unless_a_config_or_argument_says_otherwise(gen, monkeypatch):
+    assert settings_of_poem(gen, monkeypatch, form="五言绝句").do_sample is True
+    assert settings_of_poem(gen, monkeypatch, form="五言绝句", do_sample=False).do_sample is False
+    greedy = settings_of_poem(gen, monkeypatch, GenerationConfig(form="5,4", top_k=8))
+    assert (greedy.do_sample, greedy.form, greedy.top_k) == (False, "5,4", 8)
+    with pytest.raises(TypeError, match="form= or max_new_tokens= by name"):
+        gen.poem("春", "五言绝句")  # the old positional form
+    with pytest.raises(ValueError, match="max_new_tokens: a poem's form fixes its length"):
+        gen.poem("春", max_new_tokens=10)
+
+
+def test_from_pretrained_reads_the_folders_generation_config(converted, tmp_path):
+    import shutil
+
+    from cngpt_tf.errors import ConfigError
+
+    folder = Path(shutil.copytree(converted / "tf2", tmp_path / "tf2"))
+    GenerationConfig(max_new_tokens=7, do_sample=True, top_k=5).to_json_file(folder / "generation_config.json",
+                                                                             eos_token_id=SEP)
+    loaded = Generator.from_pretrained(folder, tokenizer=False, native_kernel=False)
+    assert (loaded.generation_config.max_new_tokens, loaded.generation_config.do_sample,
+            loaded.generation_config.top_k) == (7, True, 5)
+    given = Generator.from_pretrained(folder, tokenizer=False, native_kernel=False,
+                                      generation_config=GenerationConfig())
+    assert given.generation_config == GenerationConfig().validate()  # an explicit config wins over the file
+    # what the file holds is checked against the model, and the error names the file
+    (folder / "generation_config.json").write_text('{"top_k": 5000}', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"generation_config.json: top_k=5000 exceeds the vocab of 1803"):
+        Generator.from_pretrained(folder, tokenizer=False, native_kernel=False)
+
+
+def test_pipeline_defaults_come_from_the_config(gen):
+    from cngpt_tf.text_generation import pipeline
+
+    prompt = "明月几时有，"
+    plain = pipeline("text-generation", gen)
+    assert plain.generation_config == gen.generation_config  # no length of its own: the config's rule
+    expected = gen.generate([prompt], max_new_tokens=32, eos_token_id=-1)
+    assert [r["generated_text"] for r in plain(prompt, eos_token_id=-1)] == expected
+    # a per-call max_new_tokens replaces the pipeline's max_length, as in HF
+    short = pipeline("text-generation", gen, max_length=40)
+    assert short(prompt, max_new_tokens=12)[0]["generated_text"] == gen.generate([prompt], max_new_tokens=12)[0]
+    with pytest.raises(ValueError, match="top_p must be in"):
+        pipeline("text-generation", gen, top_p=2.0)  # checked when the pipeline is made
 
 
 # ----- text ----------------------------------------------------------------------------------------

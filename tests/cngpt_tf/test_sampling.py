@@ -14,13 +14,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from cngpt_tf.generation_config import SEED_MAX, GenerationConfig, Strategy
 from cngpt_tf.sampling import (
-    PENALTY_RANGE,
-    SEED_MAX,
-    TEMPERATURE_RANGE,
     GreedySampler,
     RandomSampler,
-    SamplingConfig,
     apply_repetition_penalty,
     apply_temperature,
     check_seed,
@@ -180,7 +177,7 @@ def test_sampler_process_chain_matches_hf_order(logits, top_k, top_p, temperatur
     assume(boundary_margin(scaled, top_p) > 1e-4)
     expected = ref_top_p(scaled, top_p)
 
-    sampler = make_sampler(SamplingConfig(do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature))
+    sampler = make_sampler(Strategy(do_sample=True, top_k=top_k, top_p=True))
     seen = tf.zeros(logits.shape, tf.bool)
     args = (tf.constant(logits), seen, tf.constant(temperature, tf.float32), tf.constant(top_p, tf.float32),
             tf.constant(1.0))
@@ -235,8 +232,8 @@ def test_sampler_process_applies_temperature_only_when_sampling():
     logits = tf.constant([[2.0, -1.0, 0.5]])
     seen = tf.zeros([1, 3], tf.bool)
     args = (seen, tf.constant(0.5), tf.constant(1.0), tf.constant(1.0))
-    sampled = make_sampler(SamplingConfig(do_sample=True, temperature=0.5)).process(logits, *args)
-    greedy = make_sampler(SamplingConfig(temperature=0.5)).process(logits, *args)
+    sampled = make_sampler(Strategy(do_sample=True)).process(logits, *args)
+    greedy = make_sampler(Strategy()).process(logits, *args)
     np.testing.assert_allclose(sampled.numpy(), [[4.0, -2.0, 1.0]])
     np.testing.assert_allclose(greedy.numpy(), logits.numpy())
 
@@ -258,7 +255,7 @@ def sampler_args(logits, seed=(0, 0), temperature=1.0, top_p=1.0, penalty=1.0):
 
 
 def test_greedy_sampler_is_argmax(mode):
-    sampler = GreedySampler(SamplingConfig())
+    sampler = GreedySampler(Strategy())
     logits = np.random.default_rng(2).normal(size=(5, 17)).astype(np.float32)
     fn = sampler if mode == "eager" else tf.function(sampler, jit_compile=True, autograph=False)
     out = fn(*sampler_args(logits)).numpy()
@@ -267,7 +264,7 @@ def test_greedy_sampler_is_argmax(mode):
 
 
 def test_greedy_sampler_with_penalty_moves_off_a_seen_argmax():
-    sampler = make_sampler(SamplingConfig(repetition_penalty=2.0))
+    sampler = make_sampler(Strategy(penalty=True))
     logits = tf.constant([[3.0, 2.0, -1.0]])
     seen = tf.constant([[True, False, False]])
     out = sampler(logits, seen, tf.constant([0, 0]), tf.constant(1.0), tf.constant(1.0), tf.constant(2.0))
@@ -275,7 +272,7 @@ def test_greedy_sampler_with_penalty_moves_off_a_seen_argmax():
 
 
 def test_random_sampler_fixed_seed_is_deterministic(mode):
-    sampler = RandomSampler(SamplingConfig(do_sample=True))
+    sampler = RandomSampler(Strategy(do_sample=True))
     logits = np.zeros((64, 10), np.float32)
     fn = sampler if mode == "eager" else tf.function(sampler, jit_compile=True, autograph=False)
     a = fn(*sampler_args(logits, seed=(7, 3))).numpy()
@@ -291,7 +288,7 @@ def test_random_sampler_fixed_seed_is_deterministic(mode):
 def test_random_sampler_distribution_matches_softmax(temperature):
     probs = np.array([0.5, 0.25, 0.15, 0.10])
     logits = np.tile(np.log(probs), (25, 1)).astype(np.float32)  # 25 draws per seed
-    sampler = RandomSampler(SamplingConfig(do_sample=True, temperature=temperature))
+    sampler = RandomSampler(Strategy(do_sample=True))
     draw = tf.function(sampler, jit_compile=True, autograph=False)
     args = list(sampler_args(logits, temperature=temperature))
     samples = []
@@ -306,7 +303,7 @@ def test_random_sampler_distribution_matches_softmax(temperature):
 
 def test_random_sampler_never_picks_a_filtered_token(mode):
     logits = np.array([[-INF, 0.0, -INF, 0.0], [0.0, -INF, -INF, -INF]] * 16, np.float32)
-    sampler = RandomSampler(SamplingConfig(do_sample=True))
+    sampler = RandomSampler(Strategy(do_sample=True))
     fn = sampler if mode == "eager" else tf.function(sampler, jit_compile=True, autograph=False)
     picks = np.stack([fn(*sampler_args(logits, seed=(s, 0))).numpy() for s in range(20)])
     assert set(picks[:, 0::2].ravel()) == {1, 3}
@@ -315,70 +312,22 @@ def test_random_sampler_never_picks_a_filtered_token(mode):
 
 def test_random_sampler_with_top_k_stays_in_the_top_k():
     logits = np.tile(np.array([[0.0, 1.0, 0.9, -0.5, 0.95, 0.2]], np.float32), (200, 1))
-    sampler = make_sampler(SamplingConfig(do_sample=True, top_k=2))
+    sampler = make_sampler(Strategy(do_sample=True, top_k=2))
     picks = sampler(*sampler_args(logits, seed=(3, 1))).numpy()
     assert set(picks.tolist()) == {1, 4}
 
 
 def test_make_sampler():
-    assert type(make_sampler(SamplingConfig())) is GreedySampler
-    assert type(make_sampler(SamplingConfig(do_sample=True))) is RandomSampler
+    assert type(make_sampler(Strategy())) is GreedySampler
+    assert type(make_sampler(Strategy(do_sample=True))) is RandomSampler
+    # a GenerationConfig stands for its strategy: what compiles, not the runtime values
+    sampler = make_sampler(GenerationConfig(do_sample=True, top_k=4, top_p=0.9, temperature=0.5))
+    assert type(sampler) is RandomSampler and sampler.strategy == Strategy(True, 4, True, False)
+    with pytest.raises(TypeError, match="Strategy"):
+        make_sampler({"do_sample": True})
 
 
-# ----- SamplingConfig.validate ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("do_sample", 1), ("do_sample", "yes"),
-        ("top_k", -1), ("top_k", 1.5), ("top_k", 2.0), ("top_k", True), ("top_k", "8"), ("top_k", None),
-        ("top_p", 0.0), ("top_p", -0.1), ("top_p", 1.5), ("top_p", np.nan), ("top_p", "0.9"),
-        ("temperature", 0.0), ("temperature", -1.0), ("temperature", np.inf), ("temperature", np.nan),
-        ("temperature", 1e-38), ("temperature", 9e-3), ("temperature", 101.0), ("temperature", True),
-        ("repetition_penalty", 0.0), ("repetition_penalty", -1.3), ("repetition_penalty", np.inf),
-        ("repetition_penalty", np.nan), ("repetition_penalty", 1e-38), ("repetition_penalty", 1e3),
-        ("repetition_penalty", np.float32(np.inf)),
-    ],
-)
-def test_validate_names_the_bad_parameter(field, value):
-    with pytest.raises(ValueError, match=field):
-        SamplingConfig(**{"do_sample": True, field: value}).validate()
-
-
-def test_validate_accepts_the_edges():
-    low, high = TEMPERATURE_RANGE
-    assert (low, high) == PENALTY_RANGE == (1e-2, 1e2)
-    for temperature, penalty in ((low, high), (high, low)):
-        config = SamplingConfig(do_sample=True, top_k=0, top_p=1.0, temperature=temperature,
-                                repetition_penalty=penalty)
-        assert config.validate() == config
-    SamplingConfig(top_k=50, top_p=1e-6).validate()
-    SamplingConfig(do_sample=np.bool_(True), top_k=np.int64(3), top_p=np.float32(0.5)).validate(n_vocab=3)
-
-
-def test_validate_returns_plain_python_values():
-    """A Fraction or numpy scalars would reach TensorFlow as they are and fail there, unnamed."""
-    from fractions import Fraction
-
-    config = SamplingConfig(do_sample=np.bool_(True), top_k=np.int64(3), top_p=np.float32(0.5),
-                            temperature=Fraction(1, 3), repetition_penalty=np.float64(1.5)).validate()
-    assert [type(v) for v in (config.do_sample, config.top_k, config.top_p, config.temperature,
-                              config.repetition_penalty)] == [bool, int, float, float, float]
-    assert config.temperature == pytest.approx(1 / 3)
-
-
-@pytest.mark.parametrize("top_p", [1e-46, 1e-7, 0.0])
-def test_top_p_that_would_keep_no_token_is_refused(top_p):
-    """Below ~1e-45 a top_p rounds to 0 in float32 and the nucleus filter keeps nothing ([PAD]s)."""
-    with pytest.raises(ValueError, match=r"top_p must be in \[1e-06, 1\]"):
-        SamplingConfig(do_sample=True, top_p=top_p).validate()
-
-
-def test_validate_bounds_top_k_by_the_vocab():
-    assert SamplingConfig(top_k=10).validate(n_vocab=10).top_k == 10
-    with pytest.raises(ValueError, match=r"top_k=11 exceeds the vocab of 10"):
-        SamplingConfig(top_k=11).validate(n_vocab=10)
+# ----- the accepted extremes (the ranges themselves: test_generation_config.py) ------------------------
 
 
 @pytest.mark.parametrize("temperature, penalty", [(1e-2, 1e-2), (1e-2, 1e2), (1e2, 1e-2), (1e2, 1e2)])
@@ -387,7 +336,7 @@ def test_accepted_extremes_keep_logits_finite_and_masks_intact(mode, temperature
     token) stays -inf: the softmax stays a distribution over the allowed tokens only."""
     logits = np.array([[300.0, -300.0, 0.0, -np.inf, 5.0]], np.float32)
     seen = np.array([[True, True, True, True, False]])
-    config = SamplingConfig(do_sample=True, temperature=temperature, repetition_penalty=penalty)
+    config = GenerationConfig(do_sample=True, temperature=temperature, repetition_penalty=penalty).validate()
     out = call(mode, lambda x, s: config_process(config, x, s, temperature, penalty), logits, seen)
     assert np.isfinite(out[:, [0, 1, 2, 4]]).all() and out[0, 3] == -np.inf
     probs = call(mode, lambda x: tf.nn.softmax(x), out)
@@ -395,7 +344,7 @@ def test_accepted_extremes_keep_logits_finite_and_masks_intact(mode, temperature
 
 
 def config_process(config, logits, seen, temperature, penalty):
-    return make_sampler(config).process(logits, seen, temperature, 1.0, penalty)
+    return make_sampler(config.strategy).process(logits, seen, temperature, 1.0, penalty)
 
 
 # ----- seeds and the shared rule helper ---------------------------------------------------------------

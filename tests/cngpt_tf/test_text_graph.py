@@ -233,3 +233,50 @@ def test_no_lower_case_matches_hf_without_combining_sequences(vocab):
     cased = BertTokenizer(str(VOCAB_FILE), do_lower_case=False)
     texts = ["Hello World, iPhone 12!", "明月几时有\u3000ÅΩ", "[CLS]x[UNK]", "\u212b\uf900 café"]
     assert rows(TextGraph(vocab, do_lower_case=False), texts) == [hf_ids(cased, t) for t in texts]
+
+
+@pytest.mark.parametrize("lower, strip", [(False, True), (True, False)], ids=["cased-stripped", "lower-kept"])
+def test_strip_accents_follows_hf(vocab, lower, strip):
+    """strip_accents as HF's BasicTokenizer reads it (and ChineseTokenizer): its own switch."""
+    from transformers import BertTokenizer
+
+    hf = BertTokenizer(str(VOCAB_FILE), do_lower_case=lower, strip_accents=strip)
+    texts = ["Café Ünïcode résumé", "naïve ÅNGSTRÖM", "明月几时有，é", "ABC déf"]
+    graph = TextGraph(vocab, do_lower_case=lower, strip_accents=strip)
+    assert rows(graph, texts) == [hf_ids(hf, t) for t in texts]
+    assert rows(graph, texts[:1]) != rows(TextGraph(vocab, do_lower_case=lower), texts[:1])
+
+
+# ---- continue_text: the reply rule of ChineseTokenizer.continue_text ----
+
+def replies(graph, texts, new_ids, eos_id):
+    out = graph.continue_text(tf.constant(texts, tf.string), tf.constant(new_ids, tf.int32), eos_id)
+    return [t.decode("utf-8") for t in out.numpy()]
+
+
+def test_continue_text_keeps_the_text_and_spaces_latin_words(tiny, tiny_tok):
+    sep = ids_of("[SEP]")[0]
+    cases = [("Hello", ("world", "明")), ("Hello ", ("world",)), ("un", ("##aff", "##able")),
+             ("", ("明",)), ("明", ()), ("a[SEP]b", ("[CLS]", "hello")), ("x😀", ("hello",)), ("é", ("12",)),
+             ("12", ("[UNK]",)), ("hello", ("[SEP]", "world")), ("hello", ("[PAD]", "##s")),
+             ("hello", ("[unused1]", "world")), ("Hello\tWORLD  ", ("12",)), ("Ｈｅｌｌｏ", ("hello",))]
+    width = max(len(c[1]) for c in cases)
+    new = [ids_of(*c[1]) + [0] * (width - len(c[1])) for c in cases]
+    got = replies(tiny, [c[0] for c in cases], new, sep)
+    assert got == [tiny_tok.continue_text(c[0], row) for c, row in zip(cases, new)]
+    assert got[:4] == ["Hello world明", "Hello world", "unaffable", "明"]
+    assert got[5] == "a[SEP]b hello" and got[12] == "Hello\tWORLD  12"
+    assert replies(tiny, [b"ab\xff", b"\xe6\x98"], [ids_of("hello")] * 2, sep) == ["ab\ufffdhello", "\ufffdhello"]
+    assert replies(tiny, [], np.zeros((0, 3)), sep) == []
+    assert replies(tiny, ["a", "b"], np.zeros((2, 0)), sep) == ["a", "b"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(adversarial, min_size=1, max_size=4), data=st.data())
+def test_continue_text_equals_chinese_tokenizer(vocab, graph, tok, texts, data):
+    cont = [i for i, t in enumerate(vocab) if t.startswith("##") and len(t) > 2][:200]
+    words = [i for i, t in enumerate(vocab) if t.isascii() and t.isalnum()][:200]
+    pool = st.one_of(st.sampled_from(cont), st.sampled_from(words), st.integers(0, len(vocab) - 1),
+                     st.sampled_from([0, 100, 101, 102, 103, 1, 2]))
+    new = [data.draw(st.lists(pool, min_size=6, max_size=6)) for _ in texts]
+    assert replies(graph, texts, new, tok.eos_token_id) == [tok.continue_text(t, r) for t, r in zip(texts, new)]

@@ -14,7 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cngpt_tf.errors import ConfigError, VocabError
-from cngpt_tf.tokenizer import ChineseTokenizer, is_cjk
+from cngpt_tf.tokenizer import (
+    ChineseTokenizer,
+    is_cjk,
+    join_continuation,
+    write_tokenizer_config,
+)
 from cngpt_tf.vocab import read_vocab
 
 TINY_SPECIALS = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -136,6 +141,42 @@ def test_from_pretrained_reads_config(tiny_dir, tmp_path):
         ChineseTokenizer.from_pretrained(folder)
     with pytest.raises(VocabError):
         ChineseTokenizer.from_pretrained(tmp_path / "missing")
+
+
+# ---- tiny vocab: replies (prompt as sent + the decoded new tokens) ----
+
+def test_join_continuation_rule():
+    assert join_continuation("GPT-2 is", "a model", False) == "GPT-2 is a model"
+    assert join_continuation("hello ", "world", False) == "hello world"  # the prompt's own space is kept
+    assert join_continuation("明月", "几时有", False) == "明月几时有"
+    assert join_continuation("hello", "s", True) == "hellos"  # a "##" piece continues the word
+    assert join_continuation("hello，", "world", False) == "hello，world"
+    assert join_continuation("12", "ab", False) == "12 ab"
+    assert join_continuation("", "ab", False) == "ab" and join_continuation("ab", "", False) == "ab"
+
+
+def test_continue_text_keeps_the_prompt_as_sent(tok):
+    prompts = ["Hello  WORLD\t", "Ｆｕｌｌ", "Café 😀 猫", "明月[SEP]", "[CLS]几时", "", "\U00020000"]
+    for prompt in prompts:
+        assert tok.continue_text(prompt, ids_of("hello", "[SEP]", "world")).startswith(prompt)
+    assert tok.continue_text("明月[SEP]", ids_of("几", "时")) == "明月[SEP]几时"  # [SEP] no longer hides it
+    assert tok.continue_text("Hello", ids_of("world", "[SEP]", "明")) == "Hello world"
+    assert tok.continue_text("un", ids_of("##aff", "##able")) == "unaffable"
+    assert tok.continue_text("un", ids_of("[PAD]", "[unused1]", "##aff")) == "unaff"
+    assert tok.continue_text("x", np.array(ids_of("hello"), np.int32)) == "x hello"
+    assert tok.continue_text("x", []) == "x"
+    with pytest.raises(VocabError):
+        tok.continue_text("x", [len(TINY_VOCAB)])
+
+
+def test_tokenizer_config_round_trip(tiny_dir, tmp_path):
+    (tmp_path / "vocab.txt").write_bytes((tiny_dir / "vocab.txt").read_bytes())
+    path = write_tokenizer_config(tmp_path, do_lower_case=False, model_max_length=64)
+    assert json.loads(path.read_text(encoding="utf-8")) == {
+        "tokenizer_class": "BertTokenizer", "do_lower_case": False, "model_max_length": 64}
+    assert ChineseTokenizer.from_pretrained(tmp_path).encode("HELLO", add_cls=False) == ids_of("[UNK]")
+    write_tokenizer_config(tmp_path, do_lower_case=True)
+    assert ChineseTokenizer.from_pretrained(tmp_path).encode("HELLO", add_cls=False) == ids_of("hello")
 
 
 # ---- real vocab and corpus (tests/data) ----

@@ -32,7 +32,8 @@ from tests.conftest import torch_logits, write_torch_model
 torch = pytest.importorskip("torch")
 
 ATOL = 1e-4
-TF1_FILES = {"checkpoint", "model.ckpt.index", "model.ckpt.data-00000-of-00001", "hparams.json", "vocab.txt"}
+TF1_FILES = {"checkpoint", "model.ckpt.index", "model.ckpt.data-00000-of-00001", "hparams.json", "vocab.txt",
+             "tokenizer_config.json"}
 TF2_FILES = {"tf_model.h5", "config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}
 LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
@@ -141,7 +142,8 @@ def test_out_dir_layout(converted, tiny_pt_dir):
     sm = converted / "saved_model" / "1"
     assert (sm / "saved_model.pb").is_file()
     assert (sm / "variables").is_dir() and any((sm / "variables").iterdir())
-    assert {p.name for p in (sm / "assets").iterdir()} == {"vocab.txt", "generation_config.json"}
+    assert {p.name for p in (sm / "assets").iterdir()} == {"vocab.txt", "generation_config.json",
+                                                           "tokenizer_config.json"}
     vocab = (tiny_pt_dir / "vocab.txt").read_bytes()
     for copy in (converted / "tf1" / "vocab.txt", converted / "tf2" / "vocab.txt", sm / "assets" / "vocab.txt"):
         assert copy.read_bytes() == vocab
@@ -290,6 +292,38 @@ def test_saved_model_in_bare_tensorflow(converted, tiny_pt_dir, tmp_path):
                                "attention_mask": [[None, None], "int32", "attention_mask"]}
     assert specs["outputs"] == {"logits": [[None, None, hp["n_vocab"]], "float32"]}
     assert_close_at_real(torch_logits(tiny_pt_dir, ids, mask), np.load(tmp_path / "logits.npy"), mask, ATOL)
+
+
+# ----- the export's generation settings ---------------------------------------------------------------
+
+
+def test_export_default_length_is_the_configs_rule(converted):
+    """No max_new_tokens given: the export fixes `default_max_new_tokens(n_positions)`, 64 // 2 here."""
+    from cngpt_tf.generation_config import GenerationConfig, default_max_new_tokens
+
+    fixed = GenerationConfig.from_json_file(converted / "saved_model" / "1" / "assets" / "generation_config.json")
+    assert fixed.max_new_tokens == default_max_new_tokens(64) == 32 and fixed.do_sample is False
+
+
+@pytest.mark.parametrize("generation, text", [
+    ({"max_new_tokens": 64}, "max_new_tokens=64 leaves no room for a prompt in n_positions=64"),
+    ({"max_length": 20}, "max_length: an export fixes max_new_tokens"),
+    ({"do_sample": True, "top_k": 1804}, "top_k=1804 exceeds the vocab of 1803 tokens"),
+])
+def test_export_settings_the_model_cannot_honour_fail_before_the_weights(generation, text, tiny_pt_dir, tmp_path):
+    from cngpt_tf.export.convert import GenerationFlagError
+    from cngpt_tf.generation_config import GenerationConfig
+
+    model = copy_model(tiny_pt_dir, tmp_path / "model")
+    (model / "pytorch_model.bin").write_bytes(b"not a checkpoint")  # reading it would fail otherwise
+    with pytest.raises(GenerationFlagError, match=re.escape(text) + r".* \(model .*config.json\)"):
+        convert(str(model), tmp_path / "out", formats=("saved_model",), progress=False,
+                generation=GenerationConfig(**generation))
+    # without a SavedModel (or with --no_generate) the settings are not used, and not checked
+    with pytest.raises(Exception, match="pytorch_model.bin") as info:
+        convert(str(model), tmp_path / "out", formats=("tf1",), progress=False, generation=GenerationConfig(**generation))
+    assert not isinstance(info.value, GenerationFlagError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 # ----- report -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The SavedModel as TF Serving uses it: signatures, in-graph text, warmup, TF1 loader, bad requests."""
+"""The SavedModel as TF Serving uses it: signatures, in-graph text, warmup, TF1 loader, bad requests,
+and the same replies as the Python API (`Generator.generate` / `Generator.poem`) for the same settings."""
 
 from __future__ import annotations
 
@@ -12,20 +13,25 @@ import pytest
 import tensorflow as tf
 
 from cngpt_tf.export.convert import convert
+from cngpt_tf.generation_config import GenerationConfig
 from converters import pt2tf
-from cngpt_tf.export.saved_model import GenerationSettings
 
 from .serving_stand_in import StandIn
 
 NEW = 12  # max_new_tokens of the test exports: short, so the tests stay quick
 PROMPTS = ["明月几时有，", "床前明月光，疑是地上霜。", "春"]
+# What the tokenizer normalises (case, spaces, tabs, full-width forms, accents), loses ([UNK]: emoji,
+# characters outside the vocab and outside the BMP) or reads as special tokens: the reply keeps it all.
+ODD_PROMPTS = ["GPT-2 模型在 2019 年发布，", "Hello   World", "tab\there\t", "Ｆｕｌｌ－ｗｉｄｔｈ，", "Café naïve",
+               "emoji 😀👍🏽", "猫咪在𠀀", "\U0001F600", "明月[SEP]", "[CLS]几时有[SEP]", "", "abc", "x ##y", "  "]
+SAMPLED = GenerationConfig(max_new_tokens=NEW, do_sample=True, top_k=20, temperature=1.5)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_pt_dir):
     out = tmp_path_factory.mktemp("serving") / "out"
     convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False,
-                  generation=GenerationSettings(max_new_tokens=NEW))
+            generation=GenerationConfig(max_new_tokens=NEW))
     return out / "saved_model" / "1"
 
 
@@ -35,12 +41,18 @@ def loaded(exported):
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_pt_dir, tmp_path_factory):
+def sampled(tiny_pt_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sampled") / "out"
+    convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False, generation=SAMPLED,
+            saved_model_version=3)
+    return tf.saved_model.load(str(out / "saved_model" / "3"))
+
+
+@pytest.fixture(scope="module")
+def generator(converted):
     from cngpt_tf.generator import Generator
 
-    out = tmp_path_factory.mktemp("gen") / "out"
-    convert(str(tiny_pt_dir), out, formats=("tf2",), progress=False)
-    return Generator.from_pretrained(out)
+    return Generator.from_pretrained(converted / "tf2")
 
 
 def texts(result) -> list[str]:
@@ -57,10 +69,14 @@ def test_signatures_listed_by_saved_model_cli(exported):
 
 
 def test_generation_config_asset(exported):
-    config = json.loads((exported / "assets" / "generation_config.json").read_text(encoding="utf-8"))
+    path = exported / "assets" / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
     assert config["max_new_tokens"] == NEW and config["do_sample"] is False
     assert {"top_k", "top_p", "temperature", "repetition_penalty", "eos_token_id", "pad_token_id"} <= set(config)
+    assert GenerationConfig.from_json_file(path) == GenerationConfig(max_new_tokens=NEW)
     assert (exported / "assets" / "vocab.txt").is_file()
+    tokenizer = json.loads((exported / "assets" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert tokenizer["do_lower_case"] is True
 
 
 def test_serving_default_equals_pipeline(loaded, generator):
@@ -70,6 +86,19 @@ def test_serving_default_equals_pipeline(loaded, generator):
     assert texts(loaded.signatures["serving_default"](text=tf.constant(PROMPTS))) == expected
     single = texts(loaded.signatures["serving_default"](text=tf.constant(PROMPTS[:1])))
     assert single == expected[:1]
+
+
+def test_replies_keep_the_text_as_sent_like_the_generator(loaded, generator):
+    """The request text byte for byte + the continuation decoded from the new tokens only."""
+    expected = generator.generate(ODD_PROMPTS, max_new_tokens=NEW)
+    replies = loaded.signatures["serving_default"](text=tf.constant(ODD_PROMPTS))["generated_text"].numpy()
+    assert [r.decode("utf-8") for r in replies] == expected
+    for prompt, reply in zip(ODD_PROMPTS, replies):
+        assert reply.startswith(prompt.encode("utf-8"))
+        assert len(reply) > len(prompt.encode("utf-8"))  # a continuation, also after a literal [SEP]
+    for prompt in ("Hello   World", "明月[SEP]", ""):
+        assert texts(loaded.signatures["serving_default"](text=tf.constant([prompt]))) == \
+            generator.generate([prompt], max_new_tokens=NEW)
 
 
 def test_generate_ids_equals_generator(loaded, generator):
@@ -140,8 +169,8 @@ def test_bad_requests_give_defined_results(loaded, exported):
     long_prompt = "明月几时有，" * 40  # 240 characters > the 64-token context: truncated from the left
     long_text, = texts(serve(text=tf.constant([long_prompt])))
     assert "明月" in long_text
-    broken, = texts(serve(text=tf.constant([b"\xff\xfe\xe6\x98\x8e"])))  # not UTF-8: replaced, then dropped
-    assert isinstance(broken, str)
+    broken, = texts(serve(text=tf.constant([b"\xff\xfe\xe6\x98\x8e"])))  # not UTF-8: replaced (dropped for the model)
+    assert broken.startswith("\ufffd\ufffd明")  # every reply is valid UTF-8
     too_long = np.full((1, 60), 300, np.int32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="exceed n_positions"):
         loaded.signatures["generate_ids"](input_ids=too_long, attention_mask=np.ones_like(too_long))
@@ -170,13 +199,8 @@ def test_rest_and_grpc_through_the_client(exported, capsys):
         server.stop()
 
 
-def test_sampled_export_takes_a_seed(tiny_pt_dir, tmp_path):
-    out = tmp_path / "out"
-    settings = GenerationSettings(max_new_tokens=NEW, do_sample=True, top_k=20, temperature=1.5)
-    convert(str(tiny_pt_dir), out, formats=("saved_model",), progress=False, generation=settings,
-                  saved_model_version=3)
-    loaded = tf.saved_model.load(str(out / "saved_model" / "3"))
-    seeded = loaded.signatures["serving_seeded"]
+def test_sampled_export_takes_a_seed(sampled):
+    seeded = sampled.signatures["serving_seeded"]
     a = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([7, 7, 7], tf.int64)))
     b = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([7, 7, 7], tf.int64)))
     c = texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([8, 8, 8], tf.int64)))
@@ -189,6 +213,77 @@ def test_sampled_export_takes_a_seed(tiny_pt_dir, tmp_path):
     assert texts(seeded(text=tf.constant(PROMPTS), seed=tf.constant([7, 7, 7], tf.int64))) == a
     top = tf.constant([2**31 - 1] * 3, tf.int64)
     assert texts(seeded(text=tf.constant(PROMPTS), seed=top)) == texts(seeded(text=tf.constant(PROMPTS), seed=top))
+
+
+def test_sampled_replies_equal_the_generator_with_the_same_seed(sampled, generator):
+    for prompt in ("明月几时有，", "Hello [SEP]"):
+        expected = generator.generate([prompt], SAMPLED, seed=11)
+        assert texts(sampled.signatures["serving_seeded"](text=tf.constant([prompt]),
+                                                          seed=tf.constant([11], tf.int64))) == expected
+
+
+def test_an_empty_batch_gives_an_empty_result_everywhere(loaded, sampled):
+    none = tf.constant([], tf.string)
+    no_ids = tf.zeros([0, 3], tf.int32)
+    outputs = [
+        loaded.signatures["serving_default"](text=none)["generated_text"],
+        sampled.signatures["serving_seeded"](text=none, seed=tf.constant([], tf.int64))["generated_text"],
+        loaded.signatures["poem"](text=none, form=none, acrostic=none, rhyme=none,
+                                  seed=tf.constant([], tf.int64))["poem"],
+        loaded.signatures["generate_ids"](input_ids=no_ids, attention_mask=no_ids)["sequences"],
+        loaded.signatures["logits"](input_ids=no_ids, attention_mask=no_ids)["logits"],
+    ]
+    assert [o.shape[0] for o in outputs] == [0] * 5
+    assert outputs[3].shape == (0, 3) and outputs[4].shape == (0, 3, 1803)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one shape"):  # the shapes must still agree
+        loaded.signatures["generate_ids"](input_ids=no_ids, attention_mask=tf.zeros([0, 2], tf.int32))
+    assert texts(loaded.signatures["serving_default"](text=tf.constant(["春"])))  # and it answers afterwards
+
+
+def poems(signature, rows, seed=0):
+    """rows: (text, form, acrostic, rhyme) -> the poem signature's poems."""
+    columns = [tf.constant(list(c), tf.string) for c in zip(*rows)]
+    out = signature(text=columns[0], form=columns[1], acrostic=columns[2], rhyme=columns[3],
+                    seed=tf.constant([seed] * len(rows), tf.int64))
+    return [p.decode("utf-8") for p in out["poem"].numpy()]
+
+
+POEMS = [("春", "五言绝句", "", ""), ("", "五言绝句", "明月几时", "auto"), ("明月", "3,2", "", "一麻"),
+         ("秋夜", " 5 , 4 ", "", "光"), ("Hello", "七言绝句", "", "十唐")]
+
+
+@pytest.mark.parametrize("export", ["greedy", "sampled"])
+def test_poems_equal_the_generator(loaded, sampled, generator, export):
+    """rhyme "" (none), "auto", a group name, a character: the same poems as Generator.poem."""
+    signature = (loaded if export == "greedy" else sampled).signatures["poem"]
+    settings = GenerationConfig() if export == "greedy" else SAMPLED.update(max_new_tokens=None)
+    for text, form, acrostic, rhyme in POEMS:
+        expected = generator.poem(text, settings, form=form, acrostic=acrostic or None, rhyme=rhyme or None,
+                                  seed=5)
+        assert poems(signature, [(text, form, acrostic, rhyme)], seed=5) == expected, (text, form, rhyme)
+
+
+BAD_POEMS = [  # (form, acrostic, rhyme), what the Python API and the signature both name
+    (("八言", "", ""), "form: use one of"),
+    (("0,4", "", ""), "form: use one of"),
+    (("5,33", "", ""), "form: use one of"),
+    (("五言绝句", "明月", ""), "acrostic: "),
+    (("五言绝句", "明月几猫", ""), "acrostic: .*not a Chinese character of the vocab"),
+    (("五言绝句", "", "一花"), "rhyme: expected"),  # no such group
+    (("五言绝句", "", "猫"), "rhyme: character.*not a Chinese character of the vocab"),
+    (("五言绝句", "", "兙"), "rhyme: character.*in no rhyme group"),  # in the vocab, in no group
+]
+
+
+@pytest.mark.parametrize("request_, match", BAD_POEMS,
+                         ids=[f"{match.split(':')[0]}-{i}" for i, (_, match) in enumerate(BAD_POEMS)])
+def test_poem_refuses_what_the_generator_refuses(loaded, generator, request_, match):
+    form, acrostic, rhyme = request_
+    with pytest.raises(ValueError, match=match):
+        generator.poem("春", form=form, acrostic=acrostic or None, rhyme=rhyme or None, seed=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        poems(loaded.signatures["poem"], [("春", form, acrostic, rhyme)])
+    assert len(poems(loaded.signatures["poem"], [("春", "五言绝句", "", "")])[0].split("\n")) == 4
 
 
 def test_poem_signature_keeps_the_form_per_row(loaded):

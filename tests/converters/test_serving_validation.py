@@ -2,19 +2,23 @@
 
 Each bad request fails with INVALID_ARGUMENT naming the problem (before decoding: XLA would clamp an
 out-of-vocab id or wrap a seed silently), the Python API raises ValueError with the same words, and
-the model answers a good request as before afterwards. Uses the session's `converted` export (greedy,
-max_new_tokens=50); export settings that cannot work are refused before anything is built.
+the model answers a good request as before afterwards. Uses the session's `converted` export (greedy);
+export settings that cannot work are refused before anything is built, and a vocab that cannot make
+poems exports without the `poem` signature.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cngpt_tf.config import GPT2Config
+from cngpt_tf.export.saved_model import export_saved_model, fixed_generation
+from cngpt_tf.generation_config import GenerationConfig
 from cngpt_tf.generator import Generator
-from cngpt_tf.export.saved_model import GenerationSettings, export_saved_model
 
 CLS, N_VOCAB = 101, 1803  # the tiny demo vocab
 SEED_RULE = r"seed must be an integer in \[0, 2147483647\]"
@@ -44,8 +48,7 @@ BAD_IDS = [
     ("mask wider than ids", [[CLS, 300]], [[0, 1, 1]], "one shape"),
     ("mask with more rows", [[CLS, 300]], [[1, 1], [1, 1]], "one shape"),
     ("empty prompt", np.zeros((1, 0)), np.zeros((1, 0)), "one shape"),
-    ("empty batch", np.zeros((0, 3)), np.zeros((0, 3)), "one shape"),
-]
+]  # an empty batch is no error: an empty result (test_serving.py)
 
 
 @pytest.mark.parametrize("ids, mask, match", [b[1:] for b in BAD_IDS], ids=[b[0] for b in BAD_IDS])
@@ -119,31 +122,88 @@ BAD_SETTINGS = [
 
 
 @pytest.mark.parametrize("kwargs, name", BAD_SETTINGS, ids=[f"{n}-{i}" for i, (_, n) in enumerate(BAD_SETTINGS)])
-def test_check_for_names_the_setting(kwargs, name):
+def test_export_settings_name_the_setting(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        GenerationSettings(**kwargs).check_for(TINY)
+        fixed_generation(GenerationConfig(**kwargs), TINY)
 
 
-def test_check_for_accepts_the_edges():
-    settings = GenerationSettings(max_new_tokens=63, do_sample=True, top_k=N_VOCAB, top_p=1e-6,
-                                  temperature=1e-2, repetition_penalty=1e2)
-    assert settings.check_for(TINY) is settings
+def test_export_settings_accept_the_edges_and_fix_the_length():
+    edges = GenerationConfig(max_new_tokens=63, do_sample=True, top_k=N_VOCAB, top_p=1e-6, temperature=1e-2,
+                             repetition_penalty=1e2)
+    assert fixed_generation(edges, TINY) == edges
+    assert fixed_generation(GenerationConfig(), TINY).max_new_tokens == 32  # half the 64 positions
+    with pytest.raises(ValueError, match="max_length"):  # a request's prompt length varies
+        fixed_generation(GenerationConfig(max_length=40), TINY)
 
 
 def test_export_refuses_bad_settings_before_building_anything(tmp_path):
     """No weights are needed to fail: the settings are checked first, and nothing is written."""
     for kwargs, name in (BAD_SETTINGS[0], BAD_SETTINGS[4]):
         with pytest.raises(ValueError, match=name):
-            export_saved_model(tmp_path / "1", {}, TINY, tmp_path / "vocab.txt", GenerationSettings(**kwargs))
+            export_saved_model(tmp_path / "1", {}, TINY, tmp_path / "vocab.txt", GenerationConfig(**kwargs))
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- the poem tables and the vocab -------------------------------------------------------------------
 
 
 def test_poem_tables_take_a_vocab_that_repeats_a_token(tiny_vocab):
     """A vocab may repeat a token (HF reads it: the last id wins); TensorFlow's table initializer
     refuses a repeated key, which failed the whole SavedModel export with its own message."""
-    from cngpt_tf.export.saved_model import _PoemTables
+    from cngpt_tf.export.poem_graph import PoemTables
 
     tokens = list(tiny_vocab)
     tokens[5] = "床"  # [unused5] -> a second 床, before the first
-    tables = _PoemTables(tokens, tokens.index("[SEP]"))
+    tables = PoemTables(tokens, tokens.index("[SEP]"))
     assert int(tables.char_ids.lookup(tf.constant("床"))) == max(i for i, t in enumerate(tokens) if t == "床")
+
+
+def test_a_rhyme_group_without_vocab_characters_is_refused_by_both_faces(tiny_vocab, converted, tmp_path):
+    """A group none of whose characters is in the vocab: the Python API and the signature's parser
+    refuse it with the same words; another group still works."""
+    from cngpt_tf.export.poem_graph import PoemTables
+    from cngpt_tf.formats.hf_tf2 import read_tf2
+    from cngpt_tf.poetry import load_rhyme_table
+    from cngpt_tf.tokenizer import ChineseTokenizer
+
+    group = "四开"
+    chars = set(load_rhyme_table()[group])
+    tokens = [f"[unused{100 + i}]" if t in chars else t for i, t in enumerate(tiny_vocab)]
+    assert tokens != list(tiny_vocab)
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    config, tensors = read_tf2(converted / "tf2")
+    python_api = Generator(tensors, config, ChineseTokenizer(tmp_path / "vocab.txt"))
+    tables = PoemTables(tokens, tokens.index("[SEP]"))
+    parse = tf.function(tables.parse)
+    message = "rhyme: group.*has no character in the vocab"
+    with pytest.raises(ValueError, match=message):
+        python_api.poem("春", form="五言绝句", rhyme=group, seed=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        parse(tf.constant(["五言绝句"]), tf.constant([""]), tf.constant([group]))
+    chars, lines, _, rhymes, groups = parse(tf.constant(["五言绝句"]), tf.constant([""]), tf.constant(["十唐"]))
+    assert (int(chars[0]), int(lines[0]), bool(rhymes[0])) == (5, 4, True) and int(groups[0]) == 9
+
+
+def test_a_vocab_without_poem_punctuation_exports_without_poem(tiny_vocab, converted, tmp_path, caplog):
+    """Every other signature is exported and works; a WARNING names the missing characters."""
+    from cngpt_tf.formats.hf_tf2 import read_tf2
+    from cngpt_tf.vocab import read_vocab
+
+    renamed = {"，": "[unused200]", "。": "[unused201]"}
+    tokens = [renamed.get(t, t) for t in read_vocab(converted / "tf2" / "vocab.txt")]
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    config, tensors = read_tf2(converted / "tf2")
+    with caplog.at_level(logging.WARNING, logger="cngpt_tf.export.saved_model"):
+        export_saved_model(tmp_path / "1", tensors, config, tmp_path / "vocab.txt", GenerationConfig(max_new_tokens=4))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("，" in w and "。" in w and "poem" in w for w in warnings), warnings
+    loaded = tf.saved_model.load(str(tmp_path / "1"))
+    assert set(loaded.signatures) == {"logits", "serving_default", "generate_ids"}
+    reply, = loaded.signatures["serving_default"](text=tf.constant(["明月"]))["generated_text"].numpy()
+    assert reply.decode("utf-8").startswith("明月") and len(reply) > len("明月".encode())
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = tf.data.TFRecordDataset(str(tmp_path / "1" / "assets.extra" / "tf_serving_warmup_requests"))
+    names = [prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request.model_spec.signature_name
+             for r in records]
+    assert sorted(names) == ["generate_ids", "logits", "serving_default"]

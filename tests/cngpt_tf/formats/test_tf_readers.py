@@ -71,6 +71,21 @@ def test_round_trip_is_exact(written, fmt, read):
         np.testing.assert_array_equal(tensors[name], value)
 
 
+@pytest.mark.parametrize("fmt,write", [("tf1", write_tf1), ("tf2", write_tf2)])
+def test_writers_keep_the_tokenizer_casing(tmp_path, fmt, write):
+    """Both formats write tokenizer_config.json: a cased model stays cased for from_pretrained."""
+    from cngpt_tf.tokenizer import ChineseTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("".join(t + "\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "Hello"]),
+                     encoding="utf-8")
+    for lower, expected in ((False, [2, 5]), (True, [2, 4])):
+        write(tmp_path / fmt, pt_tensors(), CONFIG, vocab, do_lower_case=lower)
+        config = json.loads((tmp_path / fmt / "tokenizer_config.json").read_text(encoding="utf-8"))
+        assert config["do_lower_case"] is lower and config["model_max_length"] == CONFIG.n_ctx
+        assert ChineseTokenizer.from_pretrained(tmp_path / fmt).encode("Hello") == expected
+
+
 # ----- tf1 ------------------------------------------------------------------------------------------
 
 
