@@ -42,7 +42,9 @@ class TextGenerationPipeline:
         for i, prompt in enumerate(prompts):
             rows = texts[i * n:(i + 1) * n]
             if not return_full_text:
-                rows = [t[len(prompt):] if t.startswith(prompt) else t for t in rows]
+                # the continuation alone: what `tokenizer.join_continuation` put after the prompt,
+                # without the one joining space it adds between two Latin words
+                rows = [t[len(prompt):].removeprefix(" ") for t in rows]
             results.append([{"generated_text": t} for t in rows])
         return results[0] if single else results
 

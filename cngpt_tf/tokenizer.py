@@ -15,7 +15,9 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import ConfigError, VocabError
+from .config import MAX_JSON_BYTES
+from .errors import ConfigError, VocabError, short_repr
+from .textfile import read_text
 from .vocab import CLS, MASK, PAD, SEP, UNK, read_vocab, special_token_ids
 
 _SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # the strings HF's BertTokenizer matches verbatim in input text
@@ -24,6 +26,35 @@ _UNUSED_RE = re.compile(r"\[unused\d+\]")
 
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def read_tokenizer_settings(folder: str | Path) -> dict:
+    """The casing options of `folder/tokenizer_config.json` ({} without the file): do_lower_case,
+    strip_accents, tokenize_chinese_chars, each checked to be a bool (or None for strip_accents).
+    The one reader of that file, for the tokenizer and for every converter that carries it on.
+    ConfigError naming the file otherwise (unreadable, too large, not JSON, a wrong type)."""
+    path = Path(folder) / TOKENIZER_CONFIG
+    if not path.exists() and not path.is_symlink():
+        return {}
+    text = read_text(path, MAX_JSON_BYTES, ConfigError, "tokenizer config")
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    if config.get("do_basic_tokenize", True) is False:
+        # Without the basic tokenizer CJK text is not split per character; no model we target does
+        # this, and normalise() would be wrong, so refuse rather than guess.
+        raise ConfigError(f"{path}: do_basic_tokenize=false is not supported")
+    settings = {}
+    for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
+        if key in config:
+            value = config[key]
+            if not isinstance(value, bool) and not (key == "strip_accents" and value is None):
+                raise ConfigError(f"{path}: {key} must be true or false, got {short_repr(value)}")
+            settings[key] = value
+    return settings
 
 
 def write_tokenizer_config(folder: str | Path, *, do_lower_case: bool = True,
@@ -75,21 +106,7 @@ class ChineseTokenizer:
     @classmethod
     def from_pretrained(cls, folder: str | Path, **overrides) -> ChineseTokenizer:
         """Load `folder/vocab.txt`, with the casing options of `folder/tokenizer_config.json` if any."""
-        folder = Path(folder)
-        kwargs = {}
-        config_path = folder / TOKENIZER_CONFIG
-        if config_path.is_file():
-            try:
-                config = json.loads(config_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"{config_path}: cannot read tokenizer config ({e})") from e
-            if config.get("do_basic_tokenize", True) is False:
-                # Without the basic tokenizer CJK text is not split per character; no model we
-                # target does this, and normalise() would be wrong, so refuse rather than guess.
-                raise ConfigError(f"{config_path}: do_basic_tokenize=false is not supported")
-            for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
-                if key in config:
-                    kwargs[key] = config[key]
+        kwargs = read_tokenizer_settings(folder)
         kwargs.update(overrides)
         return cls(folder / "vocab.txt", **kwargs)
 

@@ -108,7 +108,7 @@ def test_shell_command_runs(command, workdir, tmp_path):
     argv = on_the_demo(command, workdir, tmp_path / "out")
     server = None
     if "cngpt_tf.serving_client" in argv:
-        from tests.converters.serving_stand_in import StandIn
+        from tests.cngpt_tf.export.serving_stand_in import StandIn
 
         server = StandIn(workdir / "demo_out" / "saved_model" / "1")
         if "--grpc" in argv:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -153,11 +152,10 @@ def _inputs(src: str, cache_dir) -> list[Path]:
 
 
 def _do_lower_case(folder: Path) -> bool:
-    path = folder / "tokenizer_config.json"
-    if path.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            return bool(json.loads(path.read_text(encoding="utf-8")).get("do_lower_case", True))
-    return True
+    """The source's casing (its tokenizer_config.json; BERT Chinese's default, lower-cased, without)."""
+    from ..tokenizer import read_tokenizer_settings
+
+    return read_tokenizer_settings(folder).get("do_lower_case", True)
 
 
 class _Steps:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import with_vocab, write_json
 from ..formats.pytorch import write_pytorch
+from ..tokenizer import read_tokenizer_settings, write_tokenizer_config
 from ..formats.registry import detect
 
 from .output import check_output, move_into_place, workspace
@@ -41,6 +42,8 @@ def convert_back(src: str | Path, out_dir: str | Path, *, safetensors: bool = Fa
         weights = write_pytorch(work, tensors, safetensors=safetensors)
         write_json(work / "config.json", config.to_hf_dict())
         shutil.copyfile(vocab, work / "vocab.txt")
+        casing = read_tokenizer_settings(folder)  # a cased model stays cased
+        write_tokenizer_config(work, do_lower_case=casing.get("do_lower_case", True))
         log.info("wrote %s (%d tensors)", weights.name, len(tensors))
         move_into_place(work, target)
     return out_dir

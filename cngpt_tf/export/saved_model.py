@@ -45,7 +45,7 @@ import tensorflow as tf
 from .. import model
 from ..config import GPT2Config
 from ..decoding import check_prompts, compile_decoder, generate_bucketed, round_up
-from ..generation_config import GenerationConfig, default_max_new_tokens
+from ..generation_config import GenerationConfig
 from ..poetry import PoemConstraint, build_schedule, missing_punctuation
 from ..sampling import check_seed, make_sampler, require
 from ..tokenizer import write_tokenizer_config
@@ -63,14 +63,9 @@ RHYME_SPEC = tf.TensorSpec([None], tf.string, name="rhyme")
 
 
 def fixed_generation(generation: GenerationConfig, config: GPT2Config) -> GenerationConfig:
-    """`generation` validated against the model, with the max_new_tokens every request gets (the
-    export fixes it): ValueError naming the setting otherwise, before anything is built."""
-    generation = generation.validate(config.n_vocab, config.n_ctx)
-    if generation.max_new_tokens is None:
-        if generation.max_length is not None:
-            raise ValueError("max_length: a SavedModel fixes the number of new tokens; give max_new_tokens")
-        generation = generation.update(max_new_tokens=default_max_new_tokens(config.n_ctx))
-    return generation.validate(config.n_vocab, config.n_ctx)
+    """`generation` as the export fixes it (`GenerationConfig.for_export`): validated against the
+    model, with the max_new_tokens every request gets; ValueError naming the setting otherwise."""
+    return generation.for_export(config.n_vocab, config.n_ctx)
 
 
 class GPT2Module(tf.Module):

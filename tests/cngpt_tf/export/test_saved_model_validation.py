@@ -48,7 +48,7 @@ BAD_IDS = [
     ("mask wider than ids", [[CLS, 300]], [[0, 1, 1]], "one shape"),
     ("mask with more rows", [[CLS, 300]], [[1, 1], [1, 1]], "one shape"),
     ("empty prompt", np.zeros((1, 0)), np.zeros((1, 0)), "one shape"),
-]  # an empty batch is no error: an empty result (test_serving.py)
+]  # an empty batch is no error: an empty result (test_saved_model.py)
 
 
 @pytest.mark.parametrize("ids, mask, match", [b[1:] for b in BAD_IDS], ids=[b[0] for b in BAD_IDS])

@@ -59,3 +59,16 @@ def test_every_face_replies_alike(cased_out, loaded):
         generator = Generator.from_pretrained(cased_out / folder)
         assert generator.generate(PROMPTS, max_new_tokens=NEW) == replies, folder
     assert all(r.startswith(p) for r, p in zip(replies, PROMPTS))
+
+
+@pytest.mark.parametrize("folder", ["tf1", "tf2"])
+def test_converting_back_keeps_the_casing(cased_out, folder, tmp_path):
+    from transformers import BertTokenizer
+
+    from cngpt_tf.export.convert_back import convert_back
+
+    back = convert_back(cased_out / folder, tmp_path / "back")
+    assert json.loads((back / "tokenizer_config.json").read_text(encoding="utf-8"))["do_lower_case"] is False
+    # HF's own tokenizer reads it: "Hello" stays one [UNK] in the tiny lower-case vocab
+    hf = BertTokenizer.from_pretrained(str(back))
+    assert hf.tokenize("Hello") == ["[UNK]"] and hf.tokenize("hello") != ["[UNK]"]
