@@ -10,9 +10,23 @@ perplexity. The weights then go back through the one name table to a PyTorch fol
     logs/          TensorBoard: `tensorboard --logdir OUT_DIR/logs`
     pytorch/       pytorch_model.bin, config.json, vocab.txt (GPT2LMHeadModel.from_pretrained)
     converted/     tf1/, tf2/, saved_model/1/, conversion_report.json (as pt2tf writes them)
-    finetune_report.json   perplexities, steps, steps/s
+    finetune_report.json   perplexities, steps, steps/s, this run's loss per step, the strategy
 
-Before any work `check_out_dir` refuses an OUT_DIR that would destroy data: one that is, holds or lies
+`--batch_size` is the GLOBAL batch: the blocks of one optimizer step over all replicas (GPUs, or
+the CPU) of all workers; each of N replicas computes batch_size / N of them (it must divide evenly),
+so a step computes the same mean loss and update on any number of devices and machines.
+
+Several machines (`--strategy multiworker`, `tf.distribute.MultiWorkerMirroredStrategy`): one process
+per machine runs this same command, each with its own TF_CONFIG (`cngpt_tf.multiworker` says how,
+and how on Kubernetes). Every worker builds the same shuffled, globally batched dataset and TF gives
+each its slice of every batch (AutoShardPolicy.DATA), so per step the union of the workers' blocks
+is the one-process batch. The chief (worker 0) checks and writes OUT_DIR as above; the others write
+nothing there (their Keras checkpoint and log copies go to a temp folder of their own, removed when
+they end). With --resume the chief restores its checkpoint and sends its weights, optimizer state
+and step to every worker. A resumed run (one or many workers) takes up the stream of batches where
+the checkpoint left it.
+
+Before training (on the chief) `check_out_dir` refuses an OUT_DIR that would destroy data: one that is, holds or lies
 inside anything fine-tuning reads (MODEL_DIR, the tf2/ folder used, each model file, the corpus: real
 paths, links resolved), a file, a dangling link, the current folder or one holding it; a non-empty one
 without --resume; and with it, one holding anything but FINETUNE_WRITES, or a link anywhere inside, or
@@ -35,7 +49,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from . import cli
+from . import cli, multiworker
 from .config import GPT2Config, with_vocab, write_json
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .formats import names
@@ -55,6 +69,9 @@ example:
   python -m converters.pt2tf --demo demo_out/
   python -m cngpt_tf.finetune demo_out/ corpus.txt ft_out/ --block_size 64 --max_steps 500
   python -m cngpt_tf.finetune demo_out/ corpus.txt ft_out/ --max_steps 1000 --resume   # continue
+  # two machines: the same command on each, with its own TF_CONFIG (task index 0 on host0, 1 on host1)
+  TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}' \
+    python -m cngpt_tf.finetune demo_out/ corpus.txt ft_out/ --strategy multiworker --batch_size 16
   # -> ft_out/converted/ is a verified pt2tf OUT_DIR: cngpt_tf.pipeline(..., model="ft_out/converted")
 """
 
@@ -71,7 +88,11 @@ class FinetuneResult:
     first_step: int  # the optimizer step this run started at (> 0 when resumed)
     last_step: int
     steps_per_second: float
-    losses: list[float]  # this run's loss per step
+    losses: list[float]  # this run's loss per step (the global batch's mean)
+    strategy: str  # --strategy
+    num_workers: int  # processes training together (1 unless multiworker)
+    num_replicas: int  # devices over all workers; each computes batch_size / num_replicas blocks a step
+    chief: bool  # this process wrote OUT_DIR (False on the other workers of a cluster)
     out_dir: Path
     report: dict | None  # conversion_report.json of OUT_DIR/converted
     model: tf.keras.Model = dataclasses.field(repr=False)
@@ -95,10 +116,17 @@ def text_dataset(corpus_path, tokenizer, block_size: int, batch_size: int, shuff
     if len(train_x) < batch_size:
         raise CorpusError(f"{corpus_path}: only {len(train_x)} training block(s) of {block_size} tokens; "
                           f"need at least batch_size={batch_size}")
+    # Batched at the GLOBAL size. A distribution strategy splits each batch over its replicas; across
+    # workers (each builds this same dataset, same seed) DATA sharding gives each its slice of every
+    # batch, so one step sees the same blocks on any number of workers. (The default, AUTO, would first
+    # try to shard by file, and warn: there are none.)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train = (tf.data.Dataset.from_tensor_slices((train_x, train_y))
              .shuffle(len(train_x), seed=shuffle_seed, reshuffle_each_iteration=True)
              .batch(batch_size, drop_remainder=True)  # fixed shapes: one trace, even splits on replicas
-             .prefetch(tf.data.AUTOTUNE))
+             .prefetch(tf.data.AUTOTUNE)
+             .with_options(options))
     held_out = tf.data.Dataset.from_tensor_slices((held_x, held_y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return TextData(train, held_out)
 
@@ -158,59 +186,97 @@ def export(model, config: GPT2Config, model_folder, out_dir) -> dict:
 def finetune(model_dir, corpus, out_dir, *, epochs: int = 1, batch_size: int = 8, block_size: int = 128,
              learning_rate: float = 5e-4, warmup_steps: int = 100, max_steps: int | None = None,
              weight_decay: float = 0.01, held_out_fraction: float = 0.05, resume: bool = False,
-             seed: int = 0, verbose: int = 1, export_model: bool = True) -> FinetuneResult:
+             seed: int = 0, strategy: str = "auto", verbose: int = 1, export_model: bool = True) -> FinetuneResult:
     """Fine-tune, print held-out perplexity before/after and steps/s, export (see the module docstring).
 
     `max_steps` (optimizer steps in all, resumed ones included) overrides `epochs`, as in HF's Trainer;
-    `batch_size` is the global batch (MirroredStrategy splits it over the GPUs)."""
+    `batch_size` is the global batch (split over the GPUs and workers); `strategy` is one of
+    `multiworker.STRATEGIES`. multiworker reads TF_CONFIG (ConfigError when it is missing or bad) and
+    must come before TensorFlow has run anything in the process (it configures collective ops), as
+    in the CLI; a process joins one cluster, once."""
     from .tokenizer import ChineseTokenizer
 
+    if strategy not in multiworker.STRATEGIES:
+        raise ConfigError(f"strategy must be one of {', '.join(multiworker.STRATEGIES)}, got {strategy!r}")
+    role = multiworker.role_from_env(strategy)  # None: this machine alone
+    chief = role is None or role.chief
     out_dir, folder = Path(out_dir), _tf2_folder(Path(model_dir))
-    check_out_dir(out_dir, resume, [model_dir, folder, *(folder / name for name in MODEL_FILES), corpus])
     config, _ = with_vocab(GPT2Config.from_file(folder / "config.json"), folder / "vocab.txt")
     if block_size > config.n_ctx:
         raise ConfigError(f"block_size={block_size} exceeds the model's n_positions={config.n_ctx}")
+    gpus = tf.config.list_physical_devices("GPU")
+    distribute = multiworker.make_strategy(strategy, gpus)  # before any TF op (multiworker needs that)
+    # The chief checks OUT_DIR once in the cluster: its refusal then ends the other workers (TF notices
+    # the chief is gone), where before joining it would leave them waiting for it. The others never write it.
+    if chief:
+        check_out_dir(out_dir, resume, [model_dir, folder, *(folder / name for name in MODEL_FILES), corpus])
+    replicas = distribute.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ConfigError(f"batch_size={batch_size} (the global batch) does not split evenly over {replicas} "
+                          "replicas; give a multiple")
     ckpt_dir = out_dir / "checkpoints"
-    latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None  # only with resume
+    # Only the chief reads OUT_DIR; it sends what it restored to the other workers (below).
+    latest = tf.train.latest_checkpoint(str(ckpt_dir)) if chief and ckpt_dir.is_dir() else None  # only with resume
+    # The shuffle order depends on `seed` alone: the dataset is made with TF's global seed unset, as in a
+    # fresh process (how the shipped demo was trained), whatever ran before in this one.
+    tf.random.set_seed(None)
     data = text_dataset(corpus, ChineseTokenizer.from_pretrained(folder), block_size, batch_size, seed,
                         held_out_fraction)
+    tf.keras.utils.set_random_seed(seed)  # dropout and the rest repeat run to run
     batches = int(data.train.cardinality())  # full batches in one pass over the training blocks
     total = max_steps or epochs * batches
     per_epoch = min(batches, total)  # a Keras epoch; checkpoints are written at its end
 
-    tf.keras.utils.set_random_seed(seed)  # dropout and initial shuffles repeat run to run
-    gpus = tf.config.list_physical_devices("GPU")
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     policy = tf.keras.mixed_precision.global_policy()
     # float16 compute only pays (and is only exact enough to be worth it) on GPU tensor cores.
     tf.keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "float32")
     try:
-        with strategy.scope():  # variables (model and optimizer) must be created under the strategy
+        with distribute.scope():  # variables (model and optimizer) must be created under the strategy
             model = load_model(folder)
             # compile() wraps the optimizer in a LossScaleOptimizer when the model is mixed_float16.
             model.compile(optimizer=_optimizer(learning_rate, warmup_steps, total, weight_decay), loss=causal_lm_loss)
+            # Each replica's loss metric is already the mean over the global batch (Keras syncs it);
+            # Keras 2's default ("auto" = "sum" off TPU) would log it times the number of replicas.
+            model.distribute_reduction_method = "first"
             getattr(model.optimizer, "inner_optimizer", model.optimizer).build(model.trainable_variables)
             if latest:  # slots exist now (built above), so every optimizer value is restored at once
                 model.load_weights(latest).assert_existing_objects_matched()
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
+    if role:  # every worker loaded its own MODEL_DIR; all now take the chief's weights, optimizer and step
+        multiworker.broadcast_from_chief(distribute, model)
     first = int(model.optimizer.iterations.numpy())
-    print(f"resuming from {latest} at step {first}" if latest else f"training from {folder}")
+    who = f"{role.task_type} {role.index} of {role.num_workers}: " if role else ""
+    if latest:
+        print(f"{who}resuming from {latest} at step {first}")
+    elif first:  # another worker of a cluster: the chief restored it
+        print(f"{who}resuming from the chief's checkpoint at step {first}")
+    else:
+        print(f"{who}training from {folder}")
     before = perplexity(model, data.held_out)
     print(f"held-out perplexity before: {before:.2f}")
     progress = _Progress(total)
-    if first < total:  # else the checkpoint is already at max_steps: only score and export
-        callbacks = [tf.keras.callbacks.ModelCheckpoint(str(ckpt_dir / "ckpt-{epoch:04d}"), save_weights_only=True),
-                     tf.keras.callbacks.TensorBoard(str(out_dir / "logs"), update_freq=10, profile_batch=0), progress]
-        model.fit(data.train.repeat(), epochs=math.ceil(total / per_epoch), steps_per_epoch=per_epoch,
-                  initial_epoch=first // per_epoch, callbacks=callbacks, verbose=verbose)
+    with multiworker.worker_out_dir(out_dir, role) as write_dir:  # a temp folder on the other workers
+        if first < total:  # else the checkpoint is already at max_steps: only score and export
+            callbacks = [
+                tf.keras.callbacks.ModelCheckpoint(str(write_dir / "checkpoints" / "ckpt-{epoch:04d}"),
+                                                   save_weights_only=True),
+                tf.keras.callbacks.TensorBoard(str(write_dir / "logs"), update_freq=10, profile_batch=0), progress]
+            # skip(first): a resumed run takes up the stream of batches where the checkpointed run left it.
+            model.fit(data.train.repeat().skip(first), epochs=math.ceil(total / per_epoch),
+                      steps_per_epoch=per_epoch, initial_epoch=first // per_epoch, callbacks=callbacks,
+                      verbose=verbose)
     last = int(model.optimizer.iterations.numpy())
     after = perplexity(model, data.held_out)
     print(f"held-out perplexity after: {after:.2f} ({last - first} steps, {progress.steps_per_second():.2f} steps/s)")
-    report = export(model, config, folder, out_dir) if export_model else None
-    result = FinetuneResult(before, after, first, last, progress.steps_per_second(), progress.losses, out_dir,
-                            report, model)
-    write_json(out_dir / "finetune_report.json", {k: v for k, v in vars(result).items() if isinstance(v, (int, float))})
+    report = export(model, config, folder, out_dir) if export_model and chief else None
+    result = FinetuneResult(before, after, first, last, progress.steps_per_second(), progress.losses, strategy,
+                            role.num_workers if role else 1, replicas, chief, out_dir, report, model)
+    if chief:
+        write_json(out_dir / "finetune_report.json",
+                   {k: v for k, v in vars(result).items() if isinstance(v, (int, float, str, list))})
+    if role:  # every worker returns once the chief has written OUT_DIR (if the chief fails, TF ends the others)
+        multiworker.barrier(distribute)
     return result
 
 
@@ -223,7 +289,8 @@ def main(argv=None) -> int:
     parser.add_argument("out_dir", help="checkpoints/, logs/, pytorch/, converted/ are written here")
     for flag, kind, default, text in (
         ("--epochs", int, 1, "passes over the training blocks"),
-        ("--batch_size", int, 8, "blocks per step (over all GPUs)"),
+        ("--batch_size", int, 8, ("the GLOBAL batch: blocks per step over all GPUs and workers (each of N "
+                                  "replicas computes batch_size/N)")),
         ("--block_size", int, 128, "tokens per block, at most the model's n_positions"),
         ("--learning_rate", float, 5e-4, "peak learning rate of AdamW"),
         ("--warmup_steps", int, 100, "linear warm-up steps, then cosine decay to 0"),
@@ -234,6 +301,12 @@ def main(argv=None) -> int:
     ):
         parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT_DIR")
+    parser.add_argument("--no_export", dest="export_model", action="store_false",
+                        help="train and checkpoint only: no pytorch/ or converted/ (a later --resume run exports)")
+    parser.add_argument("--strategy", choices=multiworker.STRATEGIES, default="auto",
+                        help="auto: this machine (MirroredStrategy over several GPUs); mirrored: always "
+                             "MirroredStrategy; multiworker: MultiWorkerMirroredStrategy, one process per "
+                             "machine, each with its TF_CONFIG (default %(default)s)")
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "block_size", "learning_rate", "max_steps"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -246,7 +319,10 @@ def main(argv=None) -> int:
         options = {k: v for k, v in vars(args).items() if k not in ("model_dir", "corpus", "out_dir", "quiet")}
         options["verbose"] = 0 if args.quiet else 1  # Keras' progress bar, not our -v (logging)
         result = finetune(args.model_dir, args.corpus, args.out_dir, **options)
-        print(f"done: {result.out_dir / 'converted'}")
+        if not result.chief:
+            print("done (the chief wrote OUT_DIR)")
+        else:
+            print(f"done: {result.out_dir / 'converted' if result.report else result.out_dir}")
 
     return cli.run_main(run)
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ from cngpt_tf.tokenizer import ChineseTokenizer
 from tests.conftest import DATA
 
 TINY = dict(block_size=32, batch_size=8, learning_rate=1e-3, warmup_steps=30, verbose=0)
+# Two runs of the same steps agree to float32 rounding on the CPU. A GPU trains in mixed float16 with
+# kernels that sum in no fixed order: looser there (not run: no GPU with TensorFlow was at hand).
+SAME_RUN_RTOL = 1e-3 if finetune_module.tf.config.list_physical_devices("GPU") else 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +36,22 @@ def corpus(tmp_path_factory):
     lines = (DATA / "clue_corpus_small_sample.txt").read_text(encoding="utf-8").split("\n")[:400]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def without_dropout(converted: Path, folder: Path) -> Path:
+    """A copy of the tiny model's tf2/ with dropout off. A step's loss is then a function of the weights
+    and the batch alone, so two runs can be compared step by step (dropout's masks depend on the
+    random state a run starts from, and on how many replicas share the batch)."""
+    shutil.copytree(converted / "tf2", folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config.update(attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def no_dropout(tmp_path_factory, converted) -> Path:
+    return without_dropout(converted, tmp_path_factory.mktemp("no_dropout") / "tf2")
 
 
 @pytest.fixture(scope="module")
@@ -147,18 +167,24 @@ def test_finetune_lowers_perplexity_and_exports_verified_formats(tmp_path, conve
     assert any((out / "logs").rglob("events.out.tfevents.*"))
     saved = json.loads((out / "finetune_report.json").read_text(encoding="utf-8"))
     assert saved["last_step"] == 300 and saved["perplexity_after"] == pytest.approx(result.perplexity_after)
+    assert saved["losses"] == result.losses
+    assert (saved["strategy"], saved["num_workers"], saved["num_replicas"], saved["chief"]) == ("auto", 1, 1, True)
 
 
-def test_resume_continues_from_the_checkpoint(tmp_path, converted, corpus):
+def test_resume_continues_from_the_checkpoint(tmp_path, no_dropout, corpus):
     import tensorflow as tf
 
+    # All runs stay within the warm-up (TINY: 30 steps), where the learning rate does not depend on
+    # max_steps: 6 steps then a resume to 10 must be the 10-step run, loss for loss.
+    whole = finetune(no_dropout, corpus, tmp_path / "whole", max_steps=10, export_model=False, **TINY)
     out = tmp_path / "ft"
-    first = finetune(converted, corpus, out, max_steps=6, export_model=False, **TINY)
+    first = finetune(no_dropout, corpus, out, max_steps=6, export_model=False, **TINY)
     assert first.last_step == 6 and (out / "checkpoints" / "checkpoint").is_file()
+    np.testing.assert_allclose(first.losses, whole.losses[:6], rtol=SAME_RUN_RTOL)
     with pytest.raises(OutputExistsError, match="--resume"):
-        finetune(converted, corpus, out, max_steps=10, export_model=False, **TINY)
+        finetune(no_dropout, corpus, out, max_steps=10, export_model=False, **TINY)
     # Resuming at the last step trains nothing: the model and optimizer are exactly the checkpoint's.
-    restored = finetune(converted, corpus, out, max_steps=6, export_model=False, resume=True, **TINY)
+    restored = finetune(no_dropout, corpus, out, max_steps=6, export_model=False, resume=True, **TINY)
     assert (restored.first_step, restored.last_step, restored.losses) == (6, 6, [])
     assert restored.perplexity_before == pytest.approx(first.perplexity_after, rel=1e-6)
     reader = tf.train.load_checkpoint(str(out / "checkpoints"))
@@ -168,8 +194,11 @@ def test_resume_continues_from_the_checkpoint(tmp_path, converted, corpus):
         saved = reader.get_tensor(f"optimizer/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE")
         np.testing.assert_array_equal(variable.numpy(), saved)
         assert np.any(saved != 0)
-    resumed = finetune(converted, corpus, out, max_steps=10, export_model=False, resume=True, **TINY)
+    resumed = finetune(no_dropout, corpus, out, max_steps=10, export_model=False, resume=True, **TINY)
     assert (resumed.first_step, resumed.last_step, len(resumed.losses)) == (6, 10, 4)
+    # Same weights, optimizer state and next batches (the data stream is taken up at step 6, not restarted).
+    np.testing.assert_allclose(resumed.losses, whole.losses[6:], rtol=SAME_RUN_RTOL)
+    assert resumed.perplexity_after == pytest.approx(whole.perplexity_after, rel=SAME_RUN_RTOL)
 
 
 def test_cli_runs_and_prints_perplexity_and_speed(tmp_path, converted, corpus, capsys):
@@ -178,6 +207,17 @@ def test_cli_runs_and_prints_perplexity_and_speed(tmp_path, converted, corpus, c
     stdout = capsys.readouterr().out
     assert "held-out perplexity before:" in stdout and "steps/s" in stdout and "done:" in stdout
     assert (tmp_path / "ft" / "converted" / "conversion_report.json").is_file()
+
+
+def test_cli_mirrored_strategy_without_export(tmp_path, converted, corpus, capsys):
+    out = tmp_path / "ft"
+    assert main([str(converted / "tf2"), str(corpus), str(out), "--block_size", "32", "--max_steps", "2",
+                 "--strategy", "mirrored", "--no_export", "--quiet"]) == 0
+    assert f"done: {out}\n" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "finetune_report.json", "logs"]
+    report = json.loads((out / "finetune_report.json").read_text(encoding="utf-8"))
+    assert (report["strategy"], report["num_replicas"], report["last_step"]) == ("mirrored", 1, 2)
+    assert len(report["losses"]) == 2
 
 
 @pytest.mark.parametrize("case, message", [
