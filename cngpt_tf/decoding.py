@@ -33,17 +33,20 @@ def round_up(n):
 def check_prompts(input_ids, attention_mask, n_vocab: int) -> list:
     """The rules for prompts given as ids: [B, P] ids and a same-shaped left-padded 0/1 mask (0s,
     then 1s, ending in a real token), ids in [0, n_vocab) at real positions (XLA's gather would
-    clamp others silently). Eagerly (numpy or tensors) a broken rule raises ValueError; in a graph
+    clamp others silently). An empty batch ([0, P], any P) is a valid request: every face answers
+    it with an empty result. Eagerly (numpy or tensors) a broken rule raises ValueError; in a graph
     it returns the assert ops (InvalidArgumentError when run), see `sampling.require`."""
     ids, mask = tf.convert_to_tensor(input_ids), tf.convert_to_tensor(attention_mask)
-    rule = "input_ids and attention_mask must have one shape [batch, length], both >= 1"
+    rule = "input_ids and attention_mask must have one shape [batch, length], length >= 1 unless batch is 0"
     if ids.shape.rank != 2 or mask.shape.rank != 2:  # static, also in a graph
         raise ValueError(f"{rule}, got {ids.shape} and {mask.shape}")
-    shape = require(tf.reduce_all(tf.equal(tf.shape(ids), tf.shape(mask))) & (tf.size(ids) > 0), rule)
+    same = tf.reduce_all(tf.equal(tf.shape(ids), tf.shape(mask)))
+    shape = require(same & ((tf.shape(ids)[1] > 0) | tf.equal(tf.shape(ids)[0], 0)), rule)
     with tf.control_dependencies([shape]):  # the checks below index ids and mask together
         real = tf.equal(mask, 1)
+        # real[:, -1:] rather than real[:, -1]: an empty batch [0, 0] has no last column to index
         checks = [shape, require(real | tf.equal(mask, 0), "attention_mask must hold only 0s and 1s"),
-                  require(tf.reduce_all(mask[:, 1:] >= mask[:, :-1]) & tf.reduce_all(real[:, -1]),
+                  require(tf.reduce_all(mask[:, 1:] >= mask[:, :-1]) & tf.reduce_all(real[:, -1:]),
                           "attention_mask must be left-padded: 0s then 1s in each row, ending in a real token"),
                   require(~real | ((ids >= 0) & (ids < n_vocab)),
                           f"input_ids: an id at a real position (attention_mask 1) is outside the vocab of "

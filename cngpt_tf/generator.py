@@ -10,6 +10,13 @@ generator's own, `generation_config`: from `Generator(..., generation_config=)` 
 `generation_config.json`), keyword arguments override its fields (`update`), and the result is
 checked once (`validate`) before anything is compiled.
 
+Text prompts (`generate`, `poem`) follow the SavedModel's rules, so that every face gives the same
+reply: a prompt longer than the context minus the new tokens loses its start
+(`cngpt_tf.tokenizer.keep_end`: `[CLS]` stays first, the end of the prompt is kept) and the reply
+still starts with the whole prompt as sent; an empty batch gives an empty result. Prompts given as
+ids (`generate_ids`) are never cut: one that does not fit is a ValueError, as in the SavedModel's
+`generate_ids` signature.
+
 Prompts are left-padded and their length rounded up to a multiple of `BUCKET` (16; 1..8 tokens to
 8), as is the number of new tokens, so that new lengths rarely trigger a new XLA compile. Each
 compiled function is cached per (batch, prompt bucket, new-token bucket, `Strategy`); temperature,
@@ -107,7 +114,8 @@ class Generator:
         Settings: `generation_config` and keyword arguments (its field names), see `settings`.
         Everything is checked before anything is compiled (ValueError naming it): the settings
         (`GenerationConfig.validate`, the rules of every face), ids in the vocab, a left-padded 0/1
-        mask, prompt + new tokens within n_positions. seed=None draws one.
+        mask, prompt + new tokens within n_positions (a prompt of ids is never cut). seed=None draws
+        one. An empty batch (`[]`, or a [0, P] array) gives an empty int32 [0, P] array.
         """
         if isinstance(attention_mask, GenerationConfig):
             raise TypeError("the second argument of generate_ids is attention_mask: pass generation_config= by name")
@@ -118,16 +126,18 @@ class Generator:
     def _generate_ids(self, g: GenerationConfig, input_ids, attention_mask, eos_token_id, pad_token_id):
         seed = _seed(g.seed)
         pad = self._pad_id(pad_token_id)
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        eos = -1 if eos is None else eos
+        check_int("eos_token_id", eos, -1, self.config.n_vocab - 1)
         ids, mask = _left_pad(input_ids, attention_mask, pad, self.config.n_vocab)
+        if ids.shape[0] == 0:  # an empty batch: an empty result, as every face gives
+            return ids
         max_new = _new_token_budget(g, ids, mask, self.config.n_ctx)
         if g.min_new_tokens > max_new:  # from max_length or the default: known only with the prompt
             raise ValueError(f"min_new_tokens={g.min_new_tokens} exceeds the {max_new} new tokens to generate")
         n = g.num_return_sequences
         if n > 1:
             ids, mask = np.repeat(ids, n, 0), np.repeat(mask, n, 0)
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        eos = -1 if eos is None else eos
-        check_int("eos_token_id", eos, -1, self.config.n_vocab - 1)
         return self._run(g, ids, mask, max_new, g.min_new_tokens, eos, pad, seed)
 
     def _run(self, g: GenerationConfig, ids, mask, max_new, min_new, eos, pad, seed, constraint=None):
@@ -156,17 +166,26 @@ class Generator:
 
     def generate(self, prompts, generation_config: GenerationConfig | None = None, *, eos_token_id: int | None = None,
                  pad_token_id: int | None = None, **kwargs) -> list[str]:
-        """Texts in, clean texts out (prompt + continuation), one per prompt x num_return_sequences.
-        Settings as in `generate_ids`."""
+        """Texts in, texts out, one per prompt x num_return_sequences: each prompt exactly as given,
+        then the clean decode of its new tokens (`_join`). Settings as in `generate_ids`.
+
+        The SavedModel's `serving_default` rules, so both give the same reply: a prompt longer than
+        n_positions - max_new_tokens tokens is cut from the left for the model (`[CLS]` and the end
+        of the prompt are kept, `cngpt_tf.tokenizer.keep_end`), the reply still starts with the
+        whole prompt; with max_length (which counts the prompt) a prompt that leaves no room is a
+        ValueError instead. An empty list of prompts gives [].
+        """
         if self.tokenizer is None:
             raise ValueError("this Generator has no tokenizer (no vocab.txt next to the weights)")
         _refuse(kwargs, POEM_ONLY, "a poem() setting; generate_ids and generate write free text")
         settings = self.settings(generation_config, **kwargs)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        encoded = self.tokenizer.encode_batch(prompts)
-        for text, ids in zip(prompts, encoded):
-            if len(ids) >= self.config.n_ctx:
-                raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {self.config.n_ctx}: {text[:20]!r}…")
+        if not prompts:
+            return []
+        room = None  # with max_length (it counts the prompt): never cut, a prompt too long is refused
+        if settings.max_length is None:
+            room = self.config.n_ctx - settings.new_tokens(0, self.config.n_ctx)
+        encoded = self.tokenizer.encode_batch(prompts, max_tokens=room)
         sequences = self._generate_ids(settings, encoded, None, eos_token_id, pad_token_id)
         n = settings.num_return_sequences
         width = max(len(ids) for ids in encoded)
@@ -178,12 +197,16 @@ class Generator:
 
         Settings as in `generate_ids`, and the poem's own fields: form ("五言绝句", "七言绝句",
         "五言律诗", "七言律诗", "chars,lines" or (chars_per_line, lines)); acrostic: one character
-        per line (藏头诗); rhyme: None, "auto" (even lines rhyme with line 2), a rhyme-group name of
-        the table (e.g. "十唐") or a character to rhyme with. A poem samples (do_sample=True) unless
+        per line (藏头诗); rhyme: "auto" (even lines rhyme with line 2), a rhyme-group name of the
+        table (e.g. "十唐") or a character to rhyme with. None or "" is no acrostic / no rhyme (the
+        SavedModel's `poem` signature spells none ""). A poem samples (do_sample=True) unless
         a generation_config or a do_sample argument says otherwise; its form fixes its length
         (max_new_tokens and the like are refused).
-        The prompt (e.g. a title) conditions the poem and is not part of the result. The form is
-        enforced by masks inside the compiled loop (`cngpt_tf.poetry`).
+        The prompt (e.g. a title) conditions the poem and is not part of the result; one longer than
+        n_positions minus the poem's tokens is cut from the left, as `generate` cuts it (the
+        SavedModel's `poem` signature does the same). A form that leaves no room for [CLS] is a
+        ValueError naming `form`. The form is enforced by masks inside the compiled loop
+        (`cngpt_tf.poetry`).
         """
         from .poetry import PoemPlan, PoemVocab, format_poem
 
@@ -202,11 +225,10 @@ class Generator:
             vocab = self._poem_vocab
         n = g.num_return_sequences
         plan = PoemPlan.build(vocab, g.form, n, g.acrostic, g.rhyme)
-        prompt_ids = self.tokenizer.encode(prompt)
-        if len(prompt_ids) + plan.n_new > self.config.n_ctx:
-            what = "form" if plan.n_new + 1 > self.config.n_ctx else "prompt"
-            raise ValueError(f"{what}: a {plan.n_new}-token poem after a prompt of {len(prompt_ids)} token(s) "
-                             f"exceeds n_positions={self.config.n_ctx}")
+        if plan.n_new + 1 > self.config.n_ctx:  # the words of the `poem` signature for the same mistake
+            raise ValueError(f"form: a poem of this form ({plan.n_new} tokens) does not fit "
+                             f"n_positions={self.config.n_ctx} after a prompt")
+        prompt_ids = self.tokenizer.encode(prompt, max_tokens=self.config.n_ctx - plan.n_new)
         ids = np.array([prompt_ids] * n, np.int32)
         out = self._run(g, ids, np.ones_like(ids), plan.n_new, 0, self.config.eos_token_id, self._pad_id(None), seed,
                         constraint=plan)
@@ -254,9 +276,11 @@ def _left_pad(input_ids, attention_mask, pad_id: int, n_vocab: int) -> tuple[np.
         mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], np.int32)
     else:
         ids = _integers("input_ids", input_ids)
-        ids = ids[None] if ids.ndim == 1 else ids
+        if ids.ndim == 1:  # one prompt; [] is an empty batch
+            ids = ids[None] if ids.size else ids.reshape(0, 0)
         mask = np.ones_like(ids) if attention_mask is None else _integers("attention_mask", attention_mask)
-        mask = mask[None] if mask.ndim == 1 else mask
+        if mask.ndim == 1:
+            mask = mask[None] if mask.size else mask.reshape(0, 0)
     check_prompts(ids, mask, n_vocab)  # ValueError naming input_ids or attention_mask
     return ids.astype(np.int32), mask.astype(np.int32)
 

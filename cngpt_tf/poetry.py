@@ -114,6 +114,11 @@ class PoemPlan:
 
     @classmethod
     def build(cls, vocab: PoemVocab, form, batch: int, acrostic: str | None = None, rhyme=None) -> "PoemPlan":
+        """The plan of `batch` poems; ValueError naming form, acrostic or rhyme (checked in that order,
+        the order of the `poem` signature). acrostic and rhyme: None or "" for none (the signature's
+        string inputs spell none ""), so that every face reads the same request the same way."""
+        acrostic = None if acrostic == "" else acrostic
+        rhyme = None if rhyme == "" else rhyme
         chars, lines = parse_form(form)
         if acrostic is not None and len(acrostic) != lines:
             raise ValueError(f"acrostic: {len(acrostic)} characters for a {lines}-line poem")

@@ -84,7 +84,9 @@ class TextGraph(tf.Module):
         """text [B] -> (input_ids int32 [B, T], attention_mask int32 [B, T]), left-padded with [PAD].
 
         Rows longer than `max_tokens` lose their START (the end of a prompt is what the model
-        continues); `[CLS]` stays first. T is the longest row, at most `max_tokens`. "" -> [CLS].
+        continues); `[CLS]` stays first and counts: `cngpt_tf.tokenizer.keep_end`'s rule, the one
+        `ChineseTokenizer.encode(text, max_tokens=)` applies for the Python text faces. T is the
+        longest row, at most `max_tokens` (at least 1 with `[CLS]`). "" -> [CLS].
         """
         # Valid UTF-8 (bad bytes -> U+FFFD), then NUL (dropped by BERT anyway) -> U+FFFD, so that
         # "\0k" can mark the k-th literal special token.
@@ -110,7 +112,7 @@ class TextGraph(tf.Module):
         words = tf.strings.split(tf.strings.reduce_join(cps.with_values(mapped), axis=1))  # [B, W]
         pieces = self._wordpiece(words.values)  # ragged [N, P]
         ids = tf.RaggedTensor.from_row_splits(pieces.values, tf.gather(pieces.row_splits, words.row_splits))
-        # Left truncation: keep the last `room` ids of each row.
+        # Left truncation (`keep_end`): keep the last `room` ids of each row.
         room = tf.maximum(max_tokens - int(self._add_cls), 0)
         limits = ids.row_limits()
         starts = limits - tf.minimum(ids.row_lengths(), tf.cast(room, tf.int64))

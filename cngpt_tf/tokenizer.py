@@ -139,20 +139,25 @@ class ChineseTokenizer:
     bos_token_id = property(lambda self: self._ids[CLS], doc="`[CLS]`: every training text began with it.")
     eos_token_id = property(lambda self: self._ids[SEP], doc="`[SEP]`: every training text ended with it.")
 
-    def encode(self, text: str, *, add_cls: bool | None = None, add_sep: bool | None = None) -> list[int]:
-        """Ids of `text`, `[CLS]` first and no `[SEP]` unless told otherwise; never truncated."""
+    def encode(self, text: str, *, add_cls: bool | None = None, add_sep: bool | None = None,
+               max_tokens: int | None = None) -> list[int]:
+        """Ids of `text`, `[CLS]` first and no `[SEP]` unless told otherwise.
+
+        max_tokens: at most this many ids, by `keep_end` (the text's ids lose their START; the
+        `[CLS]`/`[SEP]` added here stay and count): the rule of every text face, the SavedModel's
+        in-graph `TextGraph.encode` included. None: never truncated."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, not {type(text).__name__}")
         ids = self._bert.convert_tokens_to_ids(self._bert.tokenize(text)) if text else []
-        if self.add_cls if add_cls is None else add_cls:
-            ids.insert(0, self.cls_token_id)
-        if self.add_sep if add_sep is None else add_sep:
-            ids.append(self.sep_token_id)
-        return ids
+        cls = self.add_cls if add_cls is None else add_cls
+        sep = self.add_sep if add_sep is None else add_sep
+        if max_tokens is not None:
+            ids = keep_end(ids, max_tokens - int(cls) - int(sep))
+        return [self.cls_token_id] * int(cls) + ids + [self.sep_token_id] * int(sep)
 
-    def encode_batch(self, texts: Iterable[str], *, add_cls: bool | None = None,
-                     add_sep: bool | None = None) -> list[list[int]]:
-        return [self.encode(t, add_cls=add_cls, add_sep=add_sep) for t in texts]
+    def encode_batch(self, texts: Iterable[str], *, add_cls: bool | None = None, add_sep: bool | None = None,
+                     max_tokens: int | None = None) -> list[list[int]]:
+        return [self.encode(t, add_cls=add_cls, add_sep=add_sep, max_tokens=max_tokens) for t in texts]
 
     def decode(self, ids: Iterable[int], *, stop_at_eos: bool = True) -> str:
         """Clean text of `ids` (list or 1-D numpy array); see the class docstring for the rules.
@@ -243,6 +248,17 @@ class ChineseTokenizer:
                 word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
             words.extend(_split_punctuation(word))
         return " ".join(words).split()
+
+
+def keep_end(ids: list[int], room: int) -> list[int]:
+    """The last `room` ids (none for room <= 0): how every text face fits a prompt into the context.
+
+    A prompt longer than the context minus the new tokens loses its start, as a chat or a story
+    keeps its latest text: the end of a prompt is what the model continues. The special tokens a
+    tokenizer adds are not part of `ids` and stay (`ChineseTokenizer.encode(max_tokens=)`, and
+    in-graph `cngpt_tf.text_graph.TextGraph.encode` for the SavedModel). The reply still starts with
+    the whole prompt as sent (`join_continuation`)."""
+    return list(ids[len(ids) - max(0, min(room, len(ids))):])
 
 
 def join_continuation(prompt: str, continuation: str, continues_word: bool) -> str:

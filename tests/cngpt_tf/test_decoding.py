@@ -227,7 +227,7 @@ BAD_PROMPTS = [
     ([[5, 6]], [[0, 1, 1]], "one shape"),
     ([[5, 6], [5, 6]], [[0, 1]], "one shape"),
     (np.zeros((1, 0)), np.zeros((1, 0)), "one shape"),
-    (np.zeros((0, 2)), np.zeros((0, 2)), "one shape"),
+    (np.zeros((0, 2)), np.zeros((0, 3)), "one shape"),  # an empty batch, still of one shape
 ]
 
 
@@ -250,6 +250,14 @@ def test_check_prompts_names_the_problem_eagerly_and_in_a_graph(checked_in_a_gra
         check_prompts(ids, mask, V)
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
         checked_in_a_graph(ids, mask)
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 2)])
+def test_check_prompts_accepts_an_empty_batch(checked_in_a_graph, shape):
+    """Every face answers an empty batch with an empty result: the rules accept it, eagerly and in a graph."""
+    ids = mask = np.zeros(shape, np.int32)
+    assert all(op is None for op in check_prompts(ids, mask, V))
+    assert checked_in_a_graph(ids, mask).shape == shape
 
 
 def test_check_prompts_accepts_left_padding_and_ignores_ids_under_it(checked_in_a_graph):

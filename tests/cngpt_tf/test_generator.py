@@ -469,6 +469,33 @@ def test_generate_from_an_empty_prompt_starts_from_cls(gen):
     assert not CJK_SPACE_CJK.search(texts[0]) and "[CLS]" not in texts[0]
 
 
+def test_a_prompt_too_long_for_the_context_loses_its_start(gen):
+    """The SavedModel's rule (`cngpt_tf.tokenizer.keep_end`): [CLS] + the prompt's last
+    n_positions - max_new_tokens - 1 tokens go to the model; the reply keeps the whole prompt."""
+    long, kept = "明" * 60, "明" * (64 - NEW - 1)
+    reply, = gen.generate([long], max_new_tokens=NEW)
+    assert reply.startswith(long) and reply[len(long):] == gen.generate([kept], max_new_tokens=NEW)[0][len(kept):]
+    with pytest.raises(ValueError, match="max_length"):  # max_length counts the prompt: no room, no cut
+        gen.generate([long], max_length=40, max_new_tokens=None)
+    with pytest.raises(ValueError, match="n_positions"):  # ids are never cut
+        gen.generate_ids([gen.tokenizer.encode(long)], max_new_tokens=NEW)
+
+
+def test_an_empty_batch_gives_an_empty_result(gen):
+    """As the SavedModel answers an empty request; the settings are still checked, nothing compiles."""
+    compiled = dict(gen._compiled)
+    assert gen.generate([], max_new_tokens=NEW) == []
+    for ids, shape in (([], (0, 0)), (np.zeros((0, 3), np.int64), (0, 3))):
+        out = gen.generate_ids(ids, max_new_tokens=NEW, do_sample=True, num_return_sequences=2)
+        assert out.shape == shape and out.dtype == np.int32
+    assert gen.generate_ids([], [], max_new_tokens=NEW).shape == (0, 0)  # with an (empty) mask
+    with pytest.raises(ValueError, match="one shape"):
+        gen.generate_ids(np.zeros((0, 3), np.int32), np.zeros((0, 2), np.int32), max_new_tokens=NEW)
+    with pytest.raises(ValueError, match="top_p"):
+        gen.generate([], do_sample=True, top_p=0.0)
+    assert gen._compiled == compiled
+
+
 def test_generate_several_prompts_and_sequences(gen):
     prompts = ["床前明月光，", "春眠"]
     # the shapes and strategy of test_num_return_sequences: no new compile

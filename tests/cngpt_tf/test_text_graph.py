@@ -87,6 +87,17 @@ def test_left_truncation_keeps_cls_and_the_end(tiny):
     assert rows(TextGraph(TINY_VOCAB, add_cls=False), ["明月几时有", ""], 2) == [ids_of("时", "有"), []]
 
 
+def test_left_truncation_is_the_tokenizers_rule(tiny, tiny_tok):
+    """The Python text faces cut a prompt by `ChineseTokenizer.encode(max_tokens=)`: the same ids as
+    the graph for every limit, [CLS] included (one rule, `cngpt_tf.tokenizer.keep_end`)."""
+    texts = ["明月几时有", "[CLS]明[SEP]月", "unaffables 12月", ""]
+    no_cls = TextGraph(TINY_VOCAB, add_cls=False)
+    for limit in range(0, 9):
+        assert rows(tiny, texts, limit) == tiny_tok.encode_batch(texts, max_tokens=limit), limit
+        assert rows(no_cls, texts, limit) == tiny_tok.encode_batch(texts, add_cls=False, max_tokens=limit), limit
+    assert tiny_tok.encode("明月几时有", max_tokens=3, add_sep=True) == ids_of("[CLS]", "有", "[SEP]")
+
+
 def test_empty_inputs(tiny):
     assert rows(tiny, ["", "   \u3000", "\x00\u200b"]) == [ids_of("[CLS]")] * 3
     ids, mask = tiny.encode(tf.constant([], tf.string), 8)

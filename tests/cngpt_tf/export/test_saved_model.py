@@ -331,7 +331,7 @@ def test_models_config_example_parses():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    text = (Path(__file__).resolve().parents[2] / "serving" / "models.config").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[3] / "serving" / "models.config").read_text(encoding="utf-8")
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     (model,) = config.model_config_list.config
     assert (model.name, model.base_path, model.model_platform) == ("cngpt", "/models/cngpt", "tensorflow")
