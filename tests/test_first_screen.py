@@ -42,7 +42,7 @@ def test_demo_conversion_prints_only_our_lines(demo_run):
     tmp, proc = demo_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert foreign_lines(proc.stderr) == [], proc.stderr[-2000:]
-    assert "INFO converters.pt2tf: wrote" in proc.stderr and "done: demo_out" in proc.stdout
+    assert "INFO cngpt_tf.export.convert: wrote" in proc.stderr and "done: demo_out" in proc.stdout
 
 
 def test_generate_prints_only_the_text(demo_run):

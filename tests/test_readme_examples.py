@@ -32,6 +32,7 @@ NOT_HERE = {
     "python -m pytest": "the suite itself",
     "benchmarks/": "benchmarks are not tests",
     "tensorboard": "a server, not an example of ours",
+    "--strategy multiworker": "one process per machine with TF_CONFIG (test_finetune_multiworker.py runs two)",
 }
 RUNNABLE = re.compile(r"python -m (converters\.(pt2tf|tf2pt)|cngpt_tf\.(generate|finetune|serving_client))\b")
 

@@ -41,7 +41,7 @@ def test_round_trip_is_exact(fmt, safetensors, converted, tiny_pt_dir, source_mo
     assert rc == 0, err
     assert out.strip() == f"done: {back}"
     weights = "model.safetensors" if safetensors else "pytorch_model.bin"
-    assert {p.name for p in back.iterdir()} == {weights, "config.json", "vocab.txt"}
+    assert {p.name for p in back.iterdir()} == {weights, "config.json", "vocab.txt", "tokenizer_config.json"}
     assert [p.name for p in tmp_path.iterdir()] == ["back"]  # no temp folder left
 
     model, info = GPT2LMHeadModel.from_pretrained(back, output_loading_info=True)
@@ -94,7 +94,7 @@ def test_overwrite_replaces_a_previous_conversion_only(converted, tmp_path, caps
     assert rc == 0, err
     rc, _, err = run_main([converted / "tf2", out, "--overwrite", "-q"], capsys)
     assert rc == 0, err
-    assert {p.name for p in out.iterdir()} == {"pytorch_model.bin", "config.json", "vocab.txt"}
+    assert {p.name for p in out.iterdir()} == {"pytorch_model.bin", "config.json", "vocab.txt", "tokenizer_config.json"}
 
     (out / "stale.txt").write_text("mine", encoding="utf-8")
     rc, _, err = run_main([converted / "tf2", out, "--overwrite", "-q"], capsys)
