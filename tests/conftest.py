@@ -57,6 +57,14 @@ def data_dir() -> Path:
     return DATA
 
 
+def corpus_head(folder: Path, n_lines: int) -> Path:
+    """folder/corpus.txt: the first n_lines of the CLUE corpus sample (real Chinese, one document a line)."""
+    lines = (DATA / "clue_corpus_small_sample.txt").read_text(encoding="utf-8").split("\n")[:n_lines]
+    path = folder / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def write_torch_model(folder: Path, vocab: list[str], seed: int = 0, safetensors: bool = False, **shape) -> Path:
     """Save a random GPT2LMHeadModel with torch (as a real release is made) plus vocab.txt.
 

@@ -65,6 +65,7 @@ def convert(
             workspace(target, inputs) as work:
         with steps("read"):
             config, vocab_ids = with_vocab(GPT2Config.from_file(files.config, files.shown(files.config)), files.vocab)
+            lower_case = _do_lower_case(files.folder)  # read once, for every format written
             settings = None
             if "saved_model" in formats and not no_generate:  # checked before reading the weights
                 settings = export_settings(generation, config, files.shown(files.config))
@@ -74,7 +75,7 @@ def convert(
         written = {}
         for fmt in formats:
             with steps(fmt):
-                written[fmt] = _write(fmt, work, tensors, config, files, settings, saved_model_version)
+                written[fmt] = _write(fmt, work, tensors, config, files, settings, saved_model_version, lower_case)
         with steps("verify"):
             from .verify import check, table, verify_all
 
@@ -98,22 +99,23 @@ def convert(
     return report
 
 
-def _write(fmt: str, work: Path, tensors, config: GPT2Config, files, generation, version: int) -> Path:
+def _write(fmt: str, work: Path, tensors, config: GPT2Config, files, generation, version: int,
+           do_lower_case: bool) -> Path:
     """Write one format under `work`; return the folder its verification reads."""
     if fmt == "tf1":
         from ..formats.tf1 import write_tf1
 
-        write_tf1(work / "tf1", tensors, config, files.vocab, do_lower_case=_do_lower_case(files.folder))
+        write_tf1(work / "tf1", tensors, config, files.vocab, do_lower_case=do_lower_case)
         return work / "tf1"
     if fmt == "tf2":
         from ..formats.hf_tf2 import write_tf2
 
-        write_tf2(work / "tf2", tensors, config, files.vocab, do_lower_case=_do_lower_case(files.folder))
+        write_tf2(work / "tf2", tensors, config, files.vocab, do_lower_case=do_lower_case)
         return work / "tf2"
     from .saved_model import export_saved_model
 
     folder = work / "saved_model" / str(version)
-    export_saved_model(folder, tensors, config, files.vocab, generation, do_lower_case=_do_lower_case(files.folder))
+    export_saved_model(folder, tensors, config, files.vocab, generation, do_lower_case=do_lower_case)
     return folder
 
 

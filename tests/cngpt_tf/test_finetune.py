@@ -22,7 +22,7 @@ from cngpt_tf import finetune as finetune_module
 from cngpt_tf.finetune import IGNORE_INDEX, _pack, causal_lm_loss, finetune, main, text_dataset
 from cngpt_tf.errors import CorpusError, OutputExistsError
 from cngpt_tf.tokenizer import ChineseTokenizer
-from tests.conftest import DATA
+from tests.conftest import corpus_head
 
 TINY = dict(block_size=32, batch_size=8, learning_rate=1e-3, warmup_steps=30, verbose=0)
 # Two runs of the same steps agree to float32 rounding on the CPU. A GPU trains in mixed float16 with
@@ -32,10 +32,7 @@ SAME_RUN_RTOL = 1e-3 if finetune_module.tf.config.list_physical_devices("GPU") e
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    lines = (DATA / "clue_corpus_small_sample.txt").read_text(encoding="utf-8").split("\n")[:400]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return corpus_head(tmp_path_factory.mktemp("corpus"), 400)
 
 
 def without_dropout(converted: Path, folder: Path) -> Path:

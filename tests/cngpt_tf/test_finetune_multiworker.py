@@ -26,7 +26,7 @@ from cngpt_tf.errors import ConfigError
 from cngpt_tf.finetune import FINETUNE_WRITES, main
 from cngpt_tf.multiworker import Role, role_from_env, role_from_tf_config
 from tests.cngpt_tf.test_finetune import without_dropout
-from tests.conftest import DATA
+from tests.conftest import corpus_head
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 240  # per two-worker run; both are killed after it
@@ -36,10 +36,7 @@ SETTINGS = {"block_size": 32, "batch_size": 8, "learning_rate": 5e-3, "warmup_st
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    lines = (DATA / "clue_corpus_small_sample.txt").read_text(encoding="utf-8").split("\n")[:300]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return corpus_head(tmp_path_factory.mktemp("corpus"), 300)
 
 
 def free_ports(n: int) -> list[int]:
