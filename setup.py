@@ -34,12 +34,16 @@ setup(
         # a multi-GB CUDA build. It is a test dependency only: converting never imports it.
         "dev": ["pytest", "hypothesis", "torch==2.13.0", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        # Apache Beam for `python -m cngpt_tf.batch` (2.77 resolves with tensorflow 2.21, numpy 2.4; it
+        # pins protobuf < 7 and pillow < 13, so installing it downgrades both).
+        "beam": ["apache-beam==2.77.*"],
     },
     entry_points={
         "console_scripts": [
             "cngpt-pt2tf=converters.pt2tf:main",
             "cngpt-tf2pt=converters.tf2pt:main",
             "cngpt-generate=cngpt_tf.generate:main",
+            "cngpt-batch=cngpt_tf.batch.__main__:main",
         ]
     },
 )

@@ -33,8 +33,9 @@ NOT_HERE = {
     "benchmarks/": "benchmarks are not tests",
     "tensorboard": "a server, not an example of ours",
     "--strategy multiworker": "one process per machine with TF_CONFIG (test_finetune_multiworker.py runs two)",
+    "prompts/*.txt.gz": "a Beam pipeline costs ~40 s: tests/cngpt_tf/batch runs generate (gz input too)",
 }
-RUNNABLE = re.compile(r"python -m (converters\.(pt2tf|tf2pt)|cngpt_tf\.(generate|finetune|serving_client))\b")
+RUNNABLE = re.compile(r"python -m (converters\.(pt2tf|tf2pt)|cngpt_tf\.(generate|finetune|serving_client|batch))\b")
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
@@ -69,12 +70,15 @@ def shell_commands() -> list[str]:
 def on_the_demo(command: str, work: Path, out: Path) -> list[str]:
     """The README's command as argv for the demo in `work`: `out/` becomes `demo_out/` where it is the
     model read, and `out` where a converter writes it (so is `back/`); `model.zip` is the demo release,
-    `corpus.txt` a small poem corpus, and thousands of fine-tuning steps become a few."""
+    `corpus.txt` a small poem corpus, `titles.txt` a few titles, thousands of fine-tuning steps become
+    a few, and a batch command's OUTPUT goes to `out`."""
     argv = shlex.split(command)
     writes = {"converters.pt2tf": ("out/", "demo_out/"), "converters.tf2pt": ("back/",)}.get(argv[2], ())
     swap = {"out/": "demo_out/", "model.zip": str(DEMO_RELEASE), "corpus.txt": str(work / "corpus.txt"),
-            "ft_out/": str(work / "ft_out")}  # one fine-tuning folder, so that --resume continues it
+            "ft_out/": str(work / "ft_out"), "titles.txt": str(work / "titles.txt")}  # one fine-tuning folder, so that --resume continues it
     argv = [str(out) if a in writes else swap.get(a, re.sub(r"^out/", "demo_out/", a)) for a in argv]
+    if argv[2] == "cngpt_tf.batch":
+        argv[5] = str(out / "result")  # python -m cngpt_tf.batch TASK INPUT OUTPUT
     if argv[2] == "cngpt_tf.finetune":
         argv = [str(min(int(a), 4)) if argv[i - 1] in ("--max_steps", "--warmup_steps") else a
                 for i, a in enumerate(argv)]
@@ -91,6 +95,7 @@ def workdir(tmp_path_factory):
     poems = (REPO / "tests" / "data" / "tang_regular_poems.tsv").read_text(encoding="utf-8").split("\n")[:300]
     (work / "corpus.txt").write_text("".join(line.split("\t")[-1] + "\n" for line in poems if line),
                                      encoding="utf-8")
+    (work / "titles.txt").write_text("春日\n秋夜\n江上\n", encoding="utf-8")
     return work
 
 
@@ -125,6 +130,11 @@ def test_shell_command_runs(command, workdir, tmp_path):
     assert "Traceback" not in proc.stderr
     if "cngpt_tf.generate" in argv or "cngpt_tf.serving_client" in argv:
         assert proc.stdout.strip(), "it printed no text"
+    if "cngpt_tf.batch" in argv:  # one record per input line, none of them an error
+        records = [line for shard in sorted((tmp_path / "out").glob("result-*-of-*.jsonl"))
+                   for line in shard.read_text(encoding="utf-8").splitlines()]
+        lines = Path(argv[4]).read_text(encoding="utf-8").splitlines()
+        assert len(records) == len(lines) and not [r for r in records if '"error"' in r], records[:3]
 
 
 def test_copied_output_is_what_the_demo_prints(workdir):
