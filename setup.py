@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["cngpt_tf", "cngpt_tf.*", "converters", "converters.*"]),
     # The native kernel's C++ source is compiled on first use (cngpt_tf/native.py), not at install;
     # data/ holds the rhyme table and the embedded demo release (cngpt_tf/demo.py).
-    package_data={"cngpt_tf": ["csrc/*.cc", "data/*.json", "data/*.zip"]},
+    package_data={"cngpt_tf": ["csrc/*.cc", "csrc/*.h", "data/*.json", "data/*.zip"]},
     install_requires=[
         # The full package: tensorflow-cpu conflicts with tf-keras, which requires `tensorflow`.
         "tensorflow==2.21.*",

@@ -9,8 +9,9 @@ run and, separately, the first call (tracing + XLA compile + one run).
     python benchmarks/generation.py                 # batch 1 and 8, 5 rounds (~6 min on 2 cores)
     python benchmarks/generation.py --batch 1 8 32 --rounds 3 --skip tf_eager
 
-On an AVX-512 CPU the generator runs its weight products in the native kernel (`cngpt_tf.native`);
-the row "cngpt_tf (XLA dot, no kernel)" is the same generator with `native_kernel=False`.
+On an AVX2 / AVX-512 CPU the generator runs its weight products in the native kernel (`cngpt_tf.native`);
+the row "cngpt_tf (XLA dot, no kernel)" is the same generator with `native_kernel=False`. Weights in
+bf16 and int8 (`cngpt_tf.quantize`) are measured by benchmarks/precision.py.
 
 The row "floor: weight matmuls only" is not a generator: it runs, in one XLA loop of 63 steps, only
 the 49 weight matrix products a decode step must do (the same weights and layout as ours: the

@@ -6,6 +6,7 @@ XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true (set here before TensorFlow starts
 collects them, and this script sums them by kind, per decode step:
 
     python benchmarks/profile_generation.py --batch 1 8
+    python benchmarks/profile_generation.py --batch 1 8 --weights int8   # bf16 / int8 panels
 
 Kernels are told apart by XLA's optimized HLO: custom calls (the weight products in cngpt_tf's
 native kernel, see `cngpt_tf.native`), or without it `MatMul*` (weight matrix products; `dot*` at
@@ -75,7 +76,7 @@ def categorize(name: str, batch: int, n_head: int, shapes: dict[str, str]) -> st
     return "weight matmuls of the decode steps"
 
 
-def profile(batch: int) -> None:
+def profile(batch: int, weights: str = "fp32") -> None:
     import tensorflow as tf
 
     from cngpt_tf.generator import Generator
@@ -83,14 +84,20 @@ def profile(batch: int) -> None:
     dump = tempfile.mkdtemp(prefix="xla_dump_")
     os.environ["XLA_FLAGS"] += f" --xla_dump_to={dump} --xla_dump_hlo_as_text"  # read at the first compile
     config = GPT2Config(**SHAPE)
-    gen = Generator(demo_weights(config, seed=0), config)
+    if weights == "fp32":
+        gen = Generator(demo_weights(config, seed=0), config)
+        run = lambda ids: gen.generate_ids(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)  # noqa: E731
+    else:  # the generator's decode loop over reduced-precision panels (benchmarks/precision.py)
+        from benchmarks.precision import greedy_runner, pack
+
+        run = greedy_runner(pack(demo_weights(config, seed=0), config, weights)[0], config)
     ids = np.random.RandomState(batch).randint(200, 21000, size=(batch, PROMPT_LEN)).astype(np.int32)
     ids[:, 0] = 101
     for _ in range(2):  # compile, then one warm run
-        gen.generate_ids(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+        run(ids)
     logdir = tempfile.mkdtemp(prefix="xla_profile_")
     tf.profiler.experimental.start(logdir)
-    gen.generate_ids(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    run(ids)
     tf.profiler.experimental.stop()
     wall, kernels = kernel_times(logdir)
     shapes = {}  # kernel name -> result shape, from the optimized HLO of this batch's program
@@ -106,7 +113,7 @@ def profile(batch: int) -> None:
         if name in shapes:  # an XLA kernel of this program, not one of TensorFlow's own events
             totals[categorize(name, batch, config.n_head, shapes)] += seconds
     steps = NEW_TOKENS - 1
-    print(f"\nbatch {batch}: one generate_ids call, {wall * 1e3:.0f} ms in XLA (profiled), {steps} decode steps")
+    print(f"\nbatch {batch}, {weights} weights: one generate_ids call, {wall * 1e3:.0f} ms in XLA (profiled), {steps} decode steps")
     print(f"| {'kind':56s} | ms/step | share |")
     print(f"|{'-' * 58}|---------|-------|")
     for kind, seconds in totals.most_common():
@@ -116,13 +123,15 @@ def profile(batch: int) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--weights", default="fp32", choices=["fp32", "bf16", "int8"], help="the panels' precision")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one batch in this process
     args = parser.parse_args(argv)
     if args.one:
-        profile(args.batch[0])
+        profile(args.batch[0], args.weights)
         return
     for batch in args.batch:  # a process each: XLA reads its dump flags once, and kernel names repeat
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--one", "--batch", str(batch)], check=True)
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--one", "--batch", str(batch),
+                        "--weights", args.weights], check=True)
 
 
 if __name__ == "__main__":

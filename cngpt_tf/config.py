@@ -34,6 +34,17 @@ EPSILON_RANGE = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).ma
 MAX_JSON_BYTES = 1 << 20  # a GPT-2 config.json is about 1 KB
 
 
+# The precisions a model's weights may be held in for generation (`Generator(weights=...)`;
+# `cngpt_tf.quantize` packs them). Here, without TensorFlow, so the CLIs can check a flag first.
+WEIGHT_MODES = ("fp32", "bf16", "int8")
+
+
+def check_weight_mode(weights: str) -> str:
+    if weights not in WEIGHT_MODES:
+        raise ValueError(f"weights={weights!r}: one of {', '.join(WEIGHT_MODES)}")
+    return weights
+
+
 @dataclasses.dataclass(frozen=True)
 class GPT2Config:
     n_vocab: int

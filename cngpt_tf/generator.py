@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from . import model, native
+from . import model, native, quantize
 from .config import GPT2Config, with_vocab
 from .decoding import BUCKET, check_prompts, compile_decoder, generate_bucketed, round_up
 from .errors import short_repr
@@ -49,34 +49,46 @@ LENGTHS = ("max_new_tokens", "max_length", "min_new_tokens")  # a poem's form fi
 
 class Generator:
     def __init__(self, pt_tensors: dict, config: GPT2Config, tokenizer=None, *, native_kernel: bool | None = None,
-                 generation_config: GenerationConfig | None = None):
+                 weights: str = "fp32", generation_config: GenerationConfig | None = None):
         """pt_tensors: PyTorch-named numpy weights (what every reader in `cngpt_tf.formats` returns).
 
         native_kernel: run the weight products in `cngpt_tf.native`'s kernel (default: where
-        `native.enabled()`, i.e. on an AVX-512 CPU where it builds); False keeps XLA's dot.
+        `native.enabled()`, i.e. on an AVX2 + FMA or AVX-512 CPU where it builds); False keeps XLA's dot.
+        weights: "fp32", or "bf16" / "int8": the weights quantised here, at load, from the float32
+        ones (`cngpt_tf.quantize`: every Conv1D and the tied embedding; activations and accumulation
+        stay float32). Reduced precision runs only in the native kernel: ValueError where it cannot.
         generation_config: the default settings of every call (default: `GenerationConfig()`),
         checked against the model here."""
         self.config = config
         self.tokenizer = tokenizer
         self.generation_config = _config(generation_config, GenerationConfig()).validate(config.n_vocab, config.n_ctx)
-        if native_kernel and not native.available():
-            raise ValueError("native_kernel=True, but the native kernel cannot run here (see cngpt_tf.native)")
-        self.native_kernel = native.enabled() if native_kernel is None else native_kernel
+        self.weights = quantize.check_weight_mode(weights)
+        if weights != "fp32" and native_kernel is False:
+            raise ValueError(f"weights={weights!r} needs the native kernel; native_kernel=False keeps XLA's "
+                             "dot, which reads float32 weights only")
+        if (native_kernel or weights != "fp32") and not native.available():
+            raise ValueError(f"{f'weights={weights!r}' if weights != 'fp32' else 'native_kernel=True'} needs the "
+                             f"native kernel, which cannot run here ({native.describe()})")
+        if native_kernel is None:  # reduced precision asks for the kernel; fp32 takes it where enabled
+            native_kernel = native.enabled() if weights == "fp32" else True
+        self.native_kernel = native_kernel
         # The kernel's weight layout (panels) works only under XLA on the CPU: all the generator runs.
-        packed = model.params_from_pt(pt_tensors, config, panels=self.native_kernel)
+        packed = model.params_from_pt(pt_tensors, config, panels=self.native_kernel, weights=weights)
         self.params = {k: tf.Variable(v, trainable=False, name=k.replace("/", "_")) for k, v in packed.items()}
         self._compiled = {}
         self._poem_vocab = None  # cngpt_tf.poetry.PoemVocab, built on the first poem()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, tokenizer: bool = True, native_kernel: bool | None = None,
-                        generation_config: GenerationConfig | None = None) -> "Generator":
+                        weights: str = "fp32", generation_config: GenerationConfig | None = None) -> "Generator":
         """Load a pt2tf OUT_DIR (its tf2/, else its tf1/), an HF TF GPT-2 folder (tf_model.h5), or a
         tf1/ folder (`cngpt_tf.formats.registry.detect` decides).
 
         generation_config: the default settings; without it, the folder's generation_config.json
         (HF's file; our fields only, checked against the model: ConfigError naming it) when there is
-        one, else `GenerationConfig()`. native_kernel: as in `Generator()`."""
+        one, else `GenerationConfig()`. native_kernel, weights: as in `Generator()` (weights checked
+        before anything is read)."""
+        quantize.check_weight_mode(weights)
         fmt, folder = detect(path, accept=("tf2", "tf1"))
         config, pt_tensors = fmt.read(folder)
         tok = None
@@ -89,7 +101,8 @@ class Generator:
         defaults = folder / GENERATION_CONFIG
         if generation_config is None and defaults.is_file():
             generation_config = GenerationConfig.from_json_file(defaults, config.n_vocab, config.n_ctx)
-        return cls(pt_tensors, config, tok, native_kernel=native_kernel, generation_config=generation_config)
+        return cls(pt_tensors, config, tok, native_kernel=native_kernel, weights=weights,
+                   generation_config=generation_config)
 
     def settings(self, generation_config: GenerationConfig | None = None, **kwargs) -> GenerationConfig:
         """The settings of one call, as HF resolves them: `generation_config` (default: this

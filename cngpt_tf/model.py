@@ -5,10 +5,13 @@ the same names, except that each Conv1D's `w` [1, nx, nf] and `b` [nf] become on
 bias as an extra input row, [x, 1] @ [[w], [b]], so that one product adds the bias too. It is stored
 either (default) transposed, as row blocks `wb/0`, `wb/1`, ... of [nf, nx + 1] for XLA's dot (see
 `row_blocks`; XLA reads `x @ w + b` at about two thirds of the speed of a plain dot against a
-transposed matrix), or, for the generator on an AVX-512 CPU, as the column panels `panels`
+transposed matrix), or, for the generator on an AVX2 / AVX-512 CPU, as the column panels `panels`
 [nf / 32, nx + 1, 32] of the native kernel (`cngpt_tf.native`), which also holds the output
-embedding as `model/wte/panels` in place of `model/wte`. The same functions serve the conversion
-check, the SavedModel signatures and the XLA decode loop: one GPT-2 in this project, not one per use.
+embedding as `model/wte/panels` in place of `model/wte`. Panels may hold reduced-precision weights
+(`weights="bf16"` or `"int8"`, see `cngpt_tf.quantize`; int8 adds `scales` beside each `panels`):
+every Conv1D and the tied embedding, which the input side then reads dequantised too. The same
+functions serve the conversion check, the SavedModel signatures and the XLA decode loop: one GPT-2
+in this project, not one per use.
 
 Notation: B batch, T new tokens this call, S cache slots, E n_embd, H n_head, D head_dim, V n_vocab.
 The sequence is left-padded: slot j of the cache holds token j of the padded sequence, so "causal"
@@ -24,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice  # also what HF's TF generate uses
 
-from . import native
+from . import native, quantize
 from .config import GPT2Config
 from .formats import names
 
@@ -32,16 +35,22 @@ CONV1D_SCOPES = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
 NEG_INF = -1e9  # added to masked attention scores; finite so a fully masked (pad) row stays NaN-free
 
 
-def params_from_pt(pt_tensors: dict, config: GPT2Config, panels: bool = False) -> dict:
+def params_from_pt(pt_tensors: dict, config: GPT2Config, panels: bool = False, weights: str = "fp32") -> dict:
     """PyTorch-named numpy weights (the converters' canonical form) -> packed params."""
-    return pack_params(names.convert(pt_tensors, names.PT, names.TF1, config), panels=panels)
+    return pack_params(names.convert(pt_tensors, names.PT, names.TF1, config), panels=panels, weights=weights)
 
 
-def pack_params(tf1: dict, threads: int | None = None, panels: bool = False) -> dict:
+def pack_params(tf1: dict, threads: int | None = None, panels: bool = False, weights: str = "fp32") -> dict:
     """TF1-layout numpy weights -> the layout these functions read (see the module docstring).
 
     threads: the CPU threads XLA will run the products on (default `cpu_threads()`; see `row_blocks`).
-    panels: store the native kernel's column panels (only for XLA on the CPU; `native.enabled()`)."""
+    panels: store the native kernel's column panels (only for XLA on the CPU; `native.enabled()`).
+    weights: "fp32", or "bf16" / "int8" (panels only): the precision of the panels, quantised here
+    from the float32 weights (`cngpt_tf.quantize`). A Conv1D whose nf is not a multiple of 32 keeps
+    float32 row blocks (not in GPT-2's shapes)."""
+    quantize.check_weight_mode(weights)
+    if weights != "fp32" and not panels:
+        raise ValueError(f"weights={weights!r} needs panels=True: only the native kernel reads reduced precision")
     threads = cpu_threads() if threads is None else threads
     packed = {}
     for name, value in tf1.items():
@@ -49,13 +58,15 @@ def pack_params(tf1: dict, threads: int | None = None, panels: bool = False) -> 
         if scope.endswith(CONV1D_SCOPES) and leaf == "w":
             w, b = np.asarray(value)[0], np.asarray(tf1[f"{scope}/b"])
             if panels and w.shape[1] % native.PANEL == 0:  # whole panels: conv1d reads nf off the shape
-                packed[f"{scope}/panels"] = native.to_panels(np.concatenate([w, b[None, :]]))  # of [nx + 1, nf]
+                wb = np.concatenate([w, b[None, :]]).astype(np.float32, copy=False)  # [nx + 1, nf]
+                packed.update({f"{scope}/{k}": v for k, v in quantize.pack(wb, weights).items()})
                 continue
             wb = np.concatenate([w.T, b[:, None]], axis=1)  # [nf, nx + 1]
             for i, block in enumerate(np.split(wb, row_blocks(*wb.shape, threads))):
                 packed[f"{scope}/wb/{i}"] = np.ascontiguousarray(block)
-        elif name == "model/wte" and panels:
-            packed["model/wte/panels"] = native.to_panels(np.asarray(value).T)  # of [E, V]
+        elif name == "model/wte" and panels:  # of [E, V]
+            wte = np.asarray(value, np.float32).T
+            packed.update({f"model/wte/{k}": v for k, v in quantize.pack(wte, weights).items()})
         elif not (scope.endswith(CONV1D_SCOPES) and leaf == "b"):
             packed[name] = value
     return packed
@@ -174,21 +185,34 @@ def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index
 
 
 def embed(params, input_ids):
-    """Token embeddings [B, T] -> [B, T, E], from `model/wte` or from its panels."""
+    """Token embeddings [B, T] -> [B, T, E], from `model/wte` or from its panels (any precision:
+    the same dequantised values the output projection multiplies by)."""
     if "model/wte" in params:
         return tf.gather(params["model/wte"], input_ids)
-    panels = params["model/wte/panels"]  # [P, E, 32]: token v is column v % 32 of panel v // 32
-    width = panels.shape[1]
+    panels = params["model/wte/panels"]  # token v is column v % 32 of panel v // 32
     ids = tf.cast(input_ids, tf.int32)[..., None]  # [B, T, 1]
-    flat = (ids // native.PANEL) * (width * native.PANEL) + tf.range(width) * native.PANEL + ids % native.PANEL
-    return tf.gather(tf.reshape(panels, [-1]), flat)  # [B, T, E]
+    panel, column = ids // native.PANEL, ids % native.PANEL
+    if panels.dtype == tf.bfloat16:  # [P, E / 2, 32, 2]: row e is half e % 2 of pair e // 2
+        pairs, e = panels.shape[1], tf.range(params["model/wpe"].shape[1])  # E, from wpe [n_ctx, E]
+        flat = panel * (pairs * 2 * native.PANEL) + (e // 2) * (2 * native.PANEL) + column * 2 + e % 2
+        return tf.cast(tf.gather(tf.reshape(panels, [-1]), flat), tf.float32)
+    width = panels.shape[1]  # [P, E, 32]
+    flat = panel * (width * native.PANEL) + tf.range(width) * native.PANEL + column
+    values = tf.gather(tf.reshape(panels, [-1]), flat)  # [B, T, E]
+    if panels.dtype != tf.int8:
+        return values
+    scales = params["model/wte/scales"]  # [P, ceil(E / group), 32]; row e is in block e // group
+    blocks = scales.shape[1]
+    block = tf.range(width) // quantize.INT8_GROUP
+    return tf.cast(values, tf.float32) * tf.gather(tf.reshape(scales, [-1]), panel * (blocks * native.PANEL)
+                                                   + block * native.PANEL + column)
 
 
 def lm_head(params, config: GPT2Config, hidden):
     """[..., E] -> [..., V] float32 logits, with the output embedding tied to `wte`."""
     if "model/wte" in params:
         return tf.cast(_dot_transposed(hidden, params["model/wte"]), tf.float32)
-    return _panel_product(hidden, params["model/wte/panels"], config.n_vocab)
+    return _panel_product(hidden, params["model/wte/panels"], config.n_vocab, params.get("model/wte/scales"))
 
 
 def block(params, scope, config, x, layer_cache, cache_index, bias):
@@ -232,15 +256,16 @@ def conv1d(params, scope, x):
     x = tf.pad(x, ones, constant_values=1.0)  # [..., nx + 1]
     panels = params.get(f"{scope}/panels")
     if panels is not None:
-        return _panel_product(x, panels, panels.shape[0] * native.PANEL)
+        return _panel_product(x, panels, panels.shape[0] * native.PANEL, params.get(f"{scope}/scales"))
     outs = [_dot_transposed(x, wb) for wb in weight_blocks(params, scope)]  # [x, 1] @ wb.T per block
     return outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
 
 
-def _panel_product(x, panels, n):
-    """x [..., K] @ W [K, n] by the native kernel, W given as its panels [ceil(n / 32), K, 32]."""
+def _panel_product(x, panels, n, scales=None):
+    """x [..., K] @ W [K, n] by the native kernel, W given as its panels (any precision; `scales`
+    with int8 panels)."""
     flat = tf.reshape(x, [-1, x.shape[-1]])  # [prod(...), K]
-    out = native.panel_matmul(flat, panels, n, cpu_threads())
+    out = native.panel_matmul(flat, panels, n, cpu_threads(), scales, group=quantize.INT8_GROUP)
     return tf.reshape(out, shape_of(x)[:-1] + [n])
 
 

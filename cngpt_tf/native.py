@@ -5,13 +5,25 @@ call (~14 GB/s on a 2-core machine); `csrc/panel_matmul.cc` reads a weight store
 column panels [P, K, 32] once, in order, at the memory's speed, and is faster than XLA's own
 matrix-vector code at batch 1 too (benchmarks/generation.py measures both paths).
 
+Weights: float32 panels, or reduced precision (`cngpt_tf.quantize` packs them): bfloat16 (half the
+bytes) or int8 with a float32 scale per block of `quantize.INT8_GROUP` rows and column (about a
+quarter); the products always accumulate in float32. The dtype of the panels picks the mode.
+
+ISAs, chosen at run time (`isa()`, `describe()`): the kernels exist for AVX2 + FMA ("avx2"),
+AVX-512F ("avx512") and AVX512-BF16 ("avx512bf16": bf16 weights by its pair dot product, x rounded
+to bf16; the other modes as "avx512"). The best one the CPU reports is used, except that Intel CPUs
+get "avx512" for bf16 too: on this project's Xeon (Sapphire Rapids class) the dot product ran at 39
+GMAC/s a core against 55 for widening to fp32 (batch 8; batch 1 is bound by memory either way),
+while AMD's Zen 4 runs 512-bit FMAs at half the rate of its dot product. CNGPT_TF_NATIVE_ISA names
+another one the CPU has (tests and benchmarks run every variant on one machine).
+
 It is an XLA custom call, so it runs only inside `tf.function(jit_compile=True)` on the CPU. The
 generator uses it where `enabled()`; everything else (the conversion check, the SavedModel for TF
 Serving, GPUs) keeps the plain XLA dot. `enabled()` is False, and the plain path is used, when:
-  - CNGPT_TF_NATIVE=0 is set, or TF sees a GPU, or the CPU lacks AVX-512F;
+  - CNGPT_TF_NATIVE=0 is set, or TF sees a GPU, or the CPU has neither AVX2 + FMA nor AVX-512F;
   - the kernel cannot be built (no C++ compiler: `CXX`, default g++) — logged once as a warning.
-The shared library is cached under $CNGPT_TF_CACHE (default ~/.cache/cngpt_tf), keyed by the source,
-the TF version and the compiler command; building takes about 10 s on 2 cores, once per machine.
+The shared library is cached under $CNGPT_TF_CACHE (default ~/.cache/cngpt_tf), keyed by the sources,
+the TF version and the compiler commands; building takes about 15 s on 2 cores, once per machine.
 """
 
 from __future__ import annotations
@@ -29,11 +41,23 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
-PANEL = 32  # columns per panel; must match kPanel in csrc/panel_matmul.cc
+PANEL = 32  # columns per panel; must match kPanel in csrc/panel_job.h
 TARGET = "cngpt_panel_matmul"
-SOURCE = Path(__file__).parent / "csrc" / "panel_matmul.cc"
+CSRC = Path(__file__).parent / "csrc"
+SOURCE = CSRC / "panel_matmul.cc"  # the custom call: registration, threads, dispatch; no ISA flags
+HEADERS = (CSRC / "panel_job.h", CSRC / "panel_tiles.h")
+# ISA -> (/proc/cpuinfo flags it needs, compiler flags of csrc/kernels_<isa>.cc); weakest first.
+ISAS = {
+    "avx2": ({"avx2", "fma"}, ["-mavx2", "-mfma"]),
+    "avx512": ({"avx512f"}, ["-mavx512f", "-mfma"]),
+    "avx512bf16": ({"avx512f", "avx512_bf16"}, ["-mavx512f", "-mfma", "-mavx512bf16"]),
+}
+ISA_VARIABLE = "CNGPT_TF_NATIVE_ISA"
+MODES = {tf.float32: "fp32", tf.bfloat16: "bf16", tf.int8: "int8"}  # panels' dtype -> the kernel's mode
 
 
 def enabled() -> bool:
@@ -42,24 +66,104 @@ def enabled() -> bool:
 
 
 def available() -> bool:
-    """Whether the kernel can run here: no GPU for TF to place the products on, an AVX-512F CPU, and
-    a library that builds and loads."""
+    """Whether the kernel can run here: no GPU for TF to place the products on, an AVX2 + FMA or
+    AVX-512F CPU, and a library that builds and loads."""
     if tf.config.list_physical_devices("GPU"):
         return False
     return cpu_supported() and _load() is not None
 
 
 def cpu_supported() -> bool:
-    """AVX-512F, read from /proc/cpuinfo (Linux; elsewhere the kernel is not used)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return " avx512f" in flags
+    """Whether this CPU has an ISA the kernels are written for (before building anything)."""
+    return bool(cpu_isas())
+
+
+def cpu_isas() -> tuple[str, ...]:
+    """The kernel ISAs this CPU has, weakest first: those whose flags /proc/cpuinfo lists (Linux;
+    elsewhere none) and, once the library is loaded, that its own cpuid check confirms."""
+    isas = tuple(name for name, (flags, _) in ISAS.items() if flags <= _cpu_flags())
+    library = _load.cache_info().currsize and _load()  # never builds just to answer
+    if library:
+        confirmed = library.cngpt_native_isas()
+        isas = tuple(name for i, name in enumerate(ISAS) if name in isas and confirmed & (1 << i))
+    return isas
+
+
+def isa() -> str:
+    """The ISA the kernel runs on: CNGPT_TF_NATIVE_ISA where set (one this CPU has, else
+    ConfigError), else the best this CPU has (on Intel, "avx512" over "avx512bf16": see the module
+    docstring). Read when a product is traced."""
+    have = cpu_isas()
+    chosen = os.environ.get(ISA_VARIABLE, "")
+    if chosen:
+        if chosen not in have:
+            raise ConfigError(f"{ISA_VARIABLE}={chosen}: this CPU runs {', '.join(have) or 'none'} of "
+                              f"the native kernel's ISAs ({', '.join(ISAS)})")
+        return chosen
+    if not have:
+        raise ConfigError("the native kernel needs an AVX2 + FMA or AVX-512F CPU")
+    if have[-1] == "avx512bf16" and _cpu_vendor() == "GenuineIntel":
+        return "avx512"
+    return have[-1]
+
+
+def describe() -> str:
+    """One line: which kernel variant the weight products run on here, or why none."""
+    if os.environ.get("CNGPT_TF_NATIVE", "1") == "0":
+        return "native kernel off (CNGPT_TF_NATIVE=0): XLA's dot"
+    if tf.config.list_physical_devices("GPU"):
+        return "native kernel not used (TF sees a GPU): XLA's dot"
+    if not cpu_supported():
+        return "native kernel not used (the CPU has neither AVX2 + FMA nor AVX-512F): XLA's dot"
+    if _load() is None:
+        return "native kernel not used (it did not build; see the warning logged): XLA's dot"
+    chosen = isa()
+    bf16 = "AVX512-BF16 dot products, x rounded to bf16" if chosen == "avx512bf16" else "widened to fp32"
+    forced = f", forced by {ISA_VARIABLE}" if os.environ.get(ISA_VARIABLE) else f", {_cpu_vendor() or 'unknown vendor'}"
+    return (f"native kernel: {chosen} (this CPU: {', '.join(cpu_isas())}{forced}); "
+            f"fp32, bf16 ({bf16}) and int8 (widened to fp32, per-block scales) weights")
+
+
+def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | None = None, isa_name: str | None = None):
+    """x [M, K] @ W [K, n] for W stored as `panels` (`to_panels`, or `cngpt_tf.quantize`'s bf16 or
+    int8 panels with their `scales`); float32 result, under XLA only.
+
+    threads: the CPU threads to split the panels over (the caller's and threads - 1 pooled ones).
+    group: int8's rows per scale block (what the scales were made with: `quantize.INT8_GROUP` by
+    default there). isa_name: the kernel variant (default `isa()`); one this CPU lacks is ConfigError."""
+    from tensorflow.compiler.tf2xla.python import xla
+
+    if _load() is None:  # builds on first use; registers the custom call with XLA
+        raise ConfigError("panel_matmul: the native kernel did not build here (see the warning logged)")
+    rows, depth = x.shape
+    if rows is None:
+        raise ValueError("panel_matmul: the number of rows must be known when tracing (XLA shapes are static)")
+    mode = MODES.get(tf.as_dtype(panels.dtype))
+    if mode is None:
+        raise ValueError(f"panel_matmul: panels of {panels.dtype}; the kernel reads float32, bfloat16 or int8")
+    stored_rows = -(-depth // 2) if mode == "bf16" else depth  # bf16 stores the rows in pairs
+    if panels.shape[1] != stored_rows or panels.shape[0] * PANEL < n or panels.shape[2] != PANEL:
+        raise ValueError(f"panel_matmul: x {x.shape} does not fit {mode} panels {panels.shape} for {n} columns")
+    operands = [x, panels]
+    if mode == "int8":
+        if group is None or group < 1:
+            raise ValueError(f"panel_matmul: int8 panels need the rows per scale block, group >= 1, got {group}")
+        blocks = -(-depth // group)
+        if scales is None or tuple(scales.shape) != (panels.shape[0], blocks, PANEL):
+            raise ValueError(f"panel_matmul: int8 panels {panels.shape} need scales [{panels.shape[0]}, {blocks}, "
+                             f"{PANEL}] (blocks of {group} rows), got {None if scales is None else scales.shape}")
+        operands.append(scales)
+    if isa_name is None:
+        isa_name = isa()
+    elif isa_name not in cpu_isas():
+        raise ConfigError(f"panel_matmul: isa_name={isa_name!r}: this CPU runs {', '.join(cpu_isas()) or 'none'}")
+    config = f"{rows} {depth} {n} {threads} {isa_name} {mode} {group if mode == 'int8' else 0}"
+    (out,) = xla.custom_call_v2(TARGET, operands, [tf.TensorSpec([rows, n], tf.float32)], backend_config=config)
+    return out
 
 
 def to_panels(w: np.ndarray) -> np.ndarray:
-    """W [K, N] -> panels [ceil(N / 32), K, 32], zero past column N."""
+    """W [K, N] -> panels [ceil(N / 32), K, 32], zero past column N (any dtype)."""
     k, n = w.shape
     n_panels = -(-n // PANEL)
     padded = np.zeros((k, n_panels * PANEL), w.dtype)
@@ -73,66 +177,94 @@ def from_panels(panels: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(panels.transpose(1, 0, 2).reshape(k, n_panels * PANEL)[:, :n])
 
 
-def panel_matmul(x, panels, n: int, threads: int):
-    """x [M, K] @ W [K, n] for W stored as `panels` [ceil(n / 32), K, 32]; float32, under XLA only.
-
-    threads: the CPU threads to split the panels over (the caller's and threads - 1 pooled ones)."""
-    from tensorflow.compiler.tf2xla.python import xla
-
-    rows, depth = x.shape
-    if rows is None:
-        raise ValueError("panel_matmul: the number of rows must be known when tracing (XLA shapes are static)")
-    if panels.shape[1] != depth or panels.shape[0] * PANEL < n:
-        raise ValueError(f"panel_matmul: x {x.shape} does not fit panels {panels.shape} for {n} columns")
-    config = f"{rows} {depth} {n} {threads}"
-    (out,) = xla.custom_call_v2(TARGET, [x, panels], [tf.TensorSpec([rows, n], tf.float32)], backend_config=config)
-    return out
-
-
-def compile_command(output: Path) -> list[str]:
-    """The compiler call that builds the kernel against this TensorFlow's headers and library."""
+def compile_commands(output: Path, objects: Path) -> list[list[str]]:
+    """The compiler calls that build the kernel: each kernels_<isa>.cc into `objects` with its ISA's
+    flags (run in parallel), then the custom call, without ISA flags, linked with them against this
+    TensorFlow's library into `output` (last)."""
+    cxx = shlex.split(os.environ.get("CXX", "g++"))
     tf_dir = Path(tf.__file__).parent
-    return [
-        *shlex.split(os.environ.get("CXX", "g++")),
-        "-O3", "-mavx512f", "-mfma", "-shared", "-fPIC",
-        *tf.sysconfig.get_compile_flags(),
-        str(SOURCE), "-o", str(output),
+    commands = [[*cxx, "-O3", "-std=c++17", "-fPIC", *flags, "-c", str(CSRC / f"kernels_{name}.cc"),
+                 "-o", str(objects / f"kernels_{name}.o")] for name, (_, flags) in ISAS.items()]
+    commands.append([
+        *cxx, "-O3", "-shared", "-fPIC", *tf.sysconfig.get_compile_flags(),
+        str(SOURCE), *(str(objects / f"kernels_{name}.o") for name in ISAS), "-o", str(output),
         f"-L{tf_dir}", "-l:libtensorflow_cc.so.2", f"-Wl,-rpath,{tf_dir}",
-    ]  # fmt: skip
+    ])  # fmt: skip
+    return commands
+
+
+def sources() -> list[Path]:
+    return [SOURCE, *HEADERS, *(CSRC / f"kernels_{name}.cc" for name in ISAS)]
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CNGPT_TF_CACHE", Path.home() / ".cache" / "cngpt_tf"))
 
 
+def _cpu_flags() -> frozenset:
+    return frozenset(_cpuinfo("flags").split())
+
+
+def _cpu_vendor() -> str:
+    return _cpuinfo("vendor_id").strip()
+
+
+@functools.cache
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo; "" where there is none (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+    return next((line.partition(":")[2] for line in text.splitlines() if line.split(":")[0].strip() == field), "")
+
+
 @functools.cache
 def _load():
     """Build (once per machine) and load the kernel, registering it with XLA; None if that fails."""
-    key = hashlib.sha256(SOURCE.read_bytes())
+    key = hashlib.sha256()
+    for path in sources():
+        key.update(path.read_bytes())
     key.update(tf.__version__.encode())
-    key.update(" ".join(compile_command(Path("out"))).encode())
+    key.update(repr(compile_commands(Path("out"), Path("objects"))).encode())
     library = cache_dir() / f"panel_matmul-{key.hexdigest()[:16]}.so"
     try:
         if not library.is_file():
             _build(library)
-        return ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)  # its static initializer registers TARGET
+        loaded = ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)  # its static initializer registers TARGET
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("native kernel unavailable, using XLA's dot for the weight products: %s", e)
         return None
+    loaded.cngpt_native_isas.restype = ctypes.c_int
+    return loaded
 
 
 def _build(library: Path) -> None:
-    """Compile into a temporary file beside `library`, then rename: never a half-written library."""
+    """Compile in a temporary folder beside `library`, then rename: never a half-written library."""
     library.parent.mkdir(parents=True, exist_ok=True)
     log.info("building %s (once per machine)", library.name)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=library.parent)
-    os.close(fd)
-    try:
-        run = subprocess.run(compile_command(Path(tmp)), capture_output=True, text=True, timeout=300)
-        if run.returncode != 0:
-            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            raise subprocess.SubprocessError(f"{SOURCE.name}: compiler exited {run.returncode}: {last}")
-        os.replace(tmp, library)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with tempfile.TemporaryDirectory(dir=library.parent, prefix=".build-") as tmp:
+        output = Path(tmp) / library.name
+        *kernels, link = compile_commands(output, Path(tmp))
+        _run_all(kernels)
+        _run_all([link])
+        os.replace(output, library)
+
+
+def _run_all(commands: list[list[str]]) -> None:
+    """Run the compiler calls at once; SubprocessError naming the first source that failed."""
+    runs = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for cmd in commands]
+    failed = None
+    for cmd, run in runs:
+        try:
+            _, stderr = run.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.communicate()
+            stderr, run.returncode = "timed out after 300 s", -1
+        if run.returncode != 0 and failed is None:
+            source = next((Path(arg).name for arg in cmd if arg.endswith(".cc")), cmd[0])
+            last = (stderr.strip().splitlines() or ["no output"])[-1]
+            failed = f"{source}: compiler exited {run.returncode}: {last}"
+    if failed:
+        raise subprocess.SubprocessError(failed)

@@ -49,13 +49,21 @@ class TextGenerationPipeline:
         return results[0] if single else results
 
 
-def pipeline(task: str, model, generation_config: GenerationConfig | None = None, **defaults) -> TextGenerationPipeline:
+def pipeline(task: str, model, generation_config: GenerationConfig | None = None, *, weights: str | None = None,
+             **defaults) -> TextGenerationPipeline:
     """model: a pt2tf OUT_DIR, a tf2/ or tf1/ folder, or a loaded `Generator`.
 
+    weights: "fp32" (default), "bf16" or "int8", as in `Generator.from_pretrained`; with a loaded
+    Generator it must be what that one was loaded with (it is not re-quantised).
     generation_config and keyword arguments (e.g. `max_new_tokens=50, do_sample=True`, and
     `return_full_text`) become per-call defaults.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    generator = model if isinstance(model, Generator) else Generator.from_pretrained(model)
+    if isinstance(model, Generator):
+        if weights is not None and weights != model.weights:
+            raise ValueError(f"weights={weights!r}, but the Generator given was loaded with weights={model.weights!r}")
+        generator = model
+    else:
+        generator = Generator.from_pretrained(model, weights="fp32" if weights is None else weights)
     return TextGenerationPipeline(generator, generation_config, **defaults)

@@ -1,14 +1,21 @@
 // XLA:CPU custom call "cngpt_panel_matmul": out[M, N] = x[M, K] @ W[K, N], with W stored as column
-// panels wp[P, K, 32] (P = ceil(N / 32); panel p holds columns 32p .. 32p + 31, zero past N).
+// panels (P = ceil(N / 32); panel p holds columns 32p .. 32p + 31, zero past N) in float32,
+// bfloat16 or int8 with scales (the layouts: panel_job.h).
 //
 // Why: at batch 8 XLA hands every weight product to Eigen, which repacks the whole weight on each
 // call and streams it at ~14 GB/s on this project's 2-core machine; stored pre-packed, the weight is
-// read once, in order, with a software prefetch ahead, at the memory's ~25 GB/s. The same kernel
-// beats XLA's matrix-vector code at batch 1 (benchmarks/generation.py measures both).
+// read once, in order, with a software prefetch ahead, at the memory's speed. Batch 1 is bound by the
+// bytes read per token: bf16 reads half of fp32's, int8 a quarter (plus its scales).
 //
-// Operands (default row-major layouts): x [M, K] f32, wp [P, K, 32] f32. Result: [M, N] f32.
-// Opaque (the custom call's backend_config): "M K N threads".
-// Built and loaded by cngpt_tf/native.py; needs AVX-512F.
+// Operands (default row-major layouts): x [M, K] f32, the panels, and for int8 the scales.
+// Result: [M, N] f32.
+// Opaque (the custom call's backend_config): "M K N threads isa mode group", where isa is avx2,
+// avx512 or avx512bf16 (the kernel file to run: kernels_<isa>.cc; avx512bf16 differs from avx512
+// only for bf16 weights), mode is fp32, bf16 or int8, and group is int8's rows per scale block.
+// Only "M K N threads" is required: the defaults are the best ISA this CPU has, fp32, 0.
+// This file is built without ISA flags, so that loading it is safe on any x86-64 CPU; the kernels
+// run only for ISAs the CPU reports (a weaker one is used otherwise). Built and loaded by
+// cngpt_tf/native.py.
 #include <immintrin.h>
 
 #include <atomic>
@@ -16,65 +23,39 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "panel_job.h"
 #include "xla/service/custom_call_target_registry.h"
 
 namespace {
 
-constexpr int kPanel = 32;        // columns per panel: two 16-float AVX-512 registers
-constexpr int kRows = 8;          // rows of x per pass over a panel: 16 accumulators
-constexpr int kPrefetch = 1024;   // floats ahead (4 KiB, 32 k-steps) to prefetch the panel stream
+enum IsaBit { kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 4 };
 
-// out[r, 0:cols] = x[r, :] @ panel for r < R; panel [K, 32], x rows K apart, out rows N apart.
-template <int R>
-void panel_tile(const float* x, int K, const float* panel, float* out, int N, int cols) {
-  __m512 acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  for (int k = 0; k < K; ++k) {
-    const float* w = panel + k * kPanel;
-    // Past the panel's end this prefetches the next panel (or harmless bytes: prefetches never fault).
-    _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetch), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetch + 16), _MM_HINT_T0);
-    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16);
-    for (int r = 0; r < R; ++r) {
-      const __m512 xr = _mm512_set1_ps(x[r * K + k]);
-      acc[r][0] = _mm512_fmadd_ps(w0, xr, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(w1, xr, acc[r][1]);
-    }
-  }
-  const __mmask16 lo = cols >= 16 ? 0xFFFF : (1u << cols) - 1;
-  const __mmask16 hi = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (1u << (cols - 16)) - 1;
-  for (int r = 0; r < R; ++r) {
-    _mm512_mask_storeu_ps(out + r * N, lo, acc[r][0]);
-    _mm512_mask_storeu_ps(out + r * N + 16, hi, acc[r][1]);
-  }
+int cpu_isas() {
+  static const int isas = [] {
+    __builtin_cpu_init();
+    int bits = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) bits |= kAvx2;
+    if (__builtin_cpu_supports("avx512f")) bits |= kAvx512;
+    if ((bits & kAvx512) && __builtin_cpu_supports("avx512bf16")) bits |= kAvx512Bf16;
+    return bits;
+  }();
+  return isas;
 }
 
-// Panels [p0, p1) of the product; each panel is read from memory once and reused from cache for
-// every further 8 rows of x.
-void panels(const float* x, int M, int K, const float* wp, float* out, int N, int p0, int p1) {
-  for (int p = p0; p < p1; ++p) {
-    const float* panel = wp + static_cast<size_t>(p) * K * kPanel;
-    const int cols = N - p * kPanel < kPanel ? N - p * kPanel : kPanel;
-    for (int m = 0; m < M; m += kRows) {
-      const float* xm = x + static_cast<size_t>(m) * K;
-      float* om = out + static_cast<size_t>(m) * N + p * kPanel;
-      switch (M - m < kRows ? M - m : kRows) {
-        case 1: panel_tile<1>(xm, K, panel, om, N, cols); break;
-        case 2: panel_tile<2>(xm, K, panel, om, N, cols); break;
-        case 3: panel_tile<3>(xm, K, panel, om, N, cols); break;
-        case 4: panel_tile<4>(xm, K, panel, om, N, cols); break;
-        case 5: panel_tile<5>(xm, K, panel, om, N, cols); break;
-        case 6: panel_tile<6>(xm, K, panel, om, N, cols); break;
-        case 7: panel_tile<7>(xm, K, panel, om, N, cols); break;
-        default: panel_tile<8>(xm, K, panel, om, N, cols); break;
-      }
-    }
-  }
+// The ISA named in the opaque, or the best one the CPU has; never one the CPU lacks.
+int choose_isa(const char* name) {
+  int isa = std::strcmp(name, "avx2") == 0         ? kAvx2
+            : std::strcmp(name, "avx512") == 0     ? kAvx512
+            : std::strcmp(name, "avx512bf16") == 0 ? kAvx512Bf16
+                                                   : kAvx512Bf16;  // none named: the best
+  while (isa && !(cpu_isas() & isa)) isa >>= 1;
+  return isa;
 }
 
 // The calling thread plus `threads - 1` workers. Workers spin for 50 us after each call (a decode
@@ -96,7 +77,12 @@ class Pool {
     }
     wake_.notify_all();
     work(0, threads);
-    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+    // Wait for the workers; on a machine busier than its cores a worker may be waiting for a core
+    // itself, so after ~20 us of spinning give the core away between checks.
+    for (int spins = 1; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+      _mm_pause();
+        if (spins > 256) std::this_thread::yield();
+    }
     return true;
   }
 
@@ -141,18 +127,50 @@ Pool& pool = *new Pool;  // never destroyed: its sleeping workers outlive the ex
 
 }  // namespace
 
-extern "C" void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, void*) {
-  int M = 0, K = 0, N = 0, threads = 1;
-  std::sscanf(opaque, "%d %d %d %d", &M, &K, &N, &threads);
-  const float* x = static_cast<const float*>(in[0]);
-  const float* wp = static_cast<const float*>(in[1]);
-  float* result = static_cast<float*>(out);
+extern "C" {
+
+// The ISAs this CPU runs, as bits: 1 AVX2 + FMA, 2 AVX-512F, 4 AVX512-BF16 (cngpt_tf.native asks).
+int cngpt_native_isas() { return cpu_isas(); }
+
+void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, void*) {
+  int M = 0, K = 0, N = 0, threads = 1, group = 0;
+  char isa_name[16] = "", mode_name[16] = "fp32";
+  std::sscanf(opaque, "%d %d %d %d %15s %15s %d", &M, &K, &N, &threads, isa_name, mode_name, &group);
+  PanelJob job{};
+  job.x = static_cast<const float*>(in[0]);
+  job.w = in[1];
+  job.out = static_cast<float*>(out);
+  job.M = M, job.K = K, job.N = N, job.group = group;
+  job.mode = std::strcmp(mode_name, "bf16") == 0 ? kBf16 : std::strcmp(mode_name, "int8") == 0 ? kInt8 : kFp32;
+  if (job.mode == kInt8) {
+    job.scales = static_cast<const float*>(in[2]);
+    if (job.group <= 0) job.group = K;
+  }
+  int isa = choose_isa(isa_name);
+  if (isa == kAvx512Bf16 && job.mode != kBf16) isa = kAvx512;  // the same kernels as AVX-512F
+  void (*kernel)(const PanelJob*, int, int) = isa == kAvx512Bf16 ? cngpt_panels_avx512bf16
+                                              : isa == kAvx512   ? cngpt_panels_avx512
+                                              : isa == kAvx2     ? cngpt_panels_avx2
+                                                                 : nullptr;
+  if (kernel == nullptr) {  // cngpt_tf.native never emits the call on such a CPU
+    std::fprintf(stderr, "cngpt_panel_matmul: this CPU lacks AVX2 + FMA; the result is NaN\n");
+    for (size_t i = 0; i < static_cast<size_t>(M) * N; ++i) job.out[i] = __builtin_nanf("");
+    return;
+  }
+  if (isa == kAvx512Bf16) {  // x rounded to bf16 once, shared by every thread
+    thread_local std::vector<uint32_t> pairs;
+    pairs.resize(static_cast<size_t>(M) * ((K + 1) / 2));
+    cngpt_bf16_pairs(job.x, M, K, pairs.data());
+    job.x_pairs = pairs.data();
+  }
   const int n_panels = (N + kPanel - 1) / kPanel;
   auto work = [&](int t, int n) {  // contiguous runs of panels, one per thread
-    panels(x, M, K, wp, result, N, n_panels * t / n, n_panels * (t + 1) / n);
+    kernel(&job, n_panels * t / n, n_panels * (t + 1) / n);
   };
   if (!pool.run(threads, work)) work(0, 1);
 }
+
+}  // extern "C"
 
 static const bool registered = [] {
   xla::CustomCallTargetRegistry::Global()->Register(

@@ -1,0 +1,39 @@
+// One weight product for the per-ISA kernels (kernels_*.cc), filled in by panel_matmul.cc.
+//
+// out[M, N] = x[M, K] @ W[K, N], W stored as column panels of kPanel columns (P = ceil(N / 32);
+// panel p holds columns 32p .. 32p + 31, zero past N), in one of three weight modes:
+//   fp32: panels [P, K, 32] float
+//   bf16: panels [P, ceil(K / 2), 32, 2] bfloat16 bits: the rows in pairs, each column's two values
+//         side by side (k even in the low half of a 32-bit lane, k odd in the high half), the layout
+//         of AVX512-BF16's pair dot product; a zero row pads an odd K
+//   int8: panels [P, K, 32] int8 and scales [P, ceil(K / group), 32] float: W[k, c] = q * scale of
+//         (row block k / group, column c), converted in registers and multiplied in float32
+// Plain C: the kernel files are compiled with different ISA flags and share no inline code.
+#ifndef CNGPT_TF_PANEL_JOB_H_
+#define CNGPT_TF_PANEL_JOB_H_
+
+#include <cstdint>
+
+constexpr int kPanel = 32;  // columns per panel; must match PANEL in cngpt_tf/native.py
+
+enum PanelMode { kFp32 = 0, kBf16 = 1, kInt8 = 2 };
+
+struct PanelJob {
+  const float* x;           // [M, K]
+  const uint32_t* x_pairs;  // bf16 by dot products only: x rounded to bf16, in pairs [M, ceil(K / 2)]
+  const void* w;            // the panels, as the mode stores them
+  const float* scales;      // int8 only
+  float* out;               // [M, N]
+  int M, K, N, group, mode;
+};
+
+extern "C" {
+// Panels [p0, p1) of `job`; each needs its ISA (panel_matmul.cc checks before calling).
+void cngpt_panels_avx2(const PanelJob* job, int p0, int p1);        // AVX2 + FMA: every mode
+void cngpt_panels_avx512(const PanelJob* job, int p0, int p1);      // AVX-512F: every mode
+void cngpt_panels_avx512bf16(const PanelJob* job, int p0, int p1);  // AVX512-BF16: bf16 only
+// x [M, K] -> bf16 pairs [M, ceil(K / 2)], rounded to nearest even, zero past K (AVX512-BF16).
+void cngpt_bf16_pairs(const float* x, int M, int K, uint32_t* out);
+}
+
+#endif  // CNGPT_TF_PANEL_JOB_H_
