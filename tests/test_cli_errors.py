@@ -158,7 +158,7 @@ def test_generate_poem_samples_several_without_do_sample(capsys, monkeypatch):
             calls.append((prompt, kwargs))
             return ["床前明月光，\n疑是地上霜。"]
 
-    monkeypatch.setattr(cngpt_tf.generator.Generator, "from_pretrained", staticmethod(lambda path: Fake()))
+    monkeypatch.setattr(cngpt_tf.generator.Generator, "from_pretrained", staticmethod(lambda path, weights: Fake()))
     assert generate.main(["model", "春", "--form", "5,2", "--num_return_sequences", "2", "--top_k", "8"]) == 0
     assert calls == [("春", {"form": "5,2", "num_return_sequences": 2, "top_k": 8})]  # only what was given
 
@@ -178,7 +178,7 @@ def test_generate_library_value_error_is_a_usage_error(error, usage, capsys, mon
     import cngpt_tf.generator
 
     monkeypatch.setattr(cngpt_tf.generator.Generator, "from_pretrained",
-                        staticmethod(lambda path: _FakeGenerator(error)))
+                        staticmethod(lambda path, weights: _FakeGenerator(error)))
     if usage:  # a setting that only the model can refuse
         with pytest.raises(SystemExit) as info:
             generate.main(["model", "春", "--max_new_tokens", "60"])
