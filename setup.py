@@ -37,6 +37,10 @@ setup(
         # Apache Beam for `python -m cngpt_tf.batch` (2.77 resolves with tensorflow 2.21, numpy 2.4; it
         # pins protobuf < 7 and pillow < 13, so installing it downgrades both).
         "beam": ["apache-beam==2.77.*"],
+        # The peers of benchmarks/peers.py and benchmarks/accuracy.py (not needed by the library or the
+        # tests). llama-cpp-python compiles llama.cpp from source: cmake and g++, ~11 min on 2 cores.
+        "bench": ["torch==2.13.0", "onnxruntime==1.32.0", "optimum==2.1.0", "optimum-onnx==0.1.0", "onnx==1.23.2",
+                  "ctranslate2==4.8.5", "llama-cpp-python==0.3.36", "gguf==0.19.0"],
     },
     entry_points={
         "console_scripts": [

@@ -1,8 +1,9 @@
-"""Reduced-precision weights in the native kernel: speed, bytes read and accuracy of fp32 / bf16 / int8.
+"""Reduced-precision weights in the native kernel: speed and bytes read of fp32 / bf16 / int8.
+Their accuracy (logits, greedy agreement, perplexity against fp32, peers' reduced precisions beside
+them) is benchmarks/accuracy.py's.
 
-    python benchmarks/precision.py                          # every part (~6 min on 2 idle cores)
+    python benchmarks/precision.py                          # every part
     python benchmarks/precision.py --parts speed --batch 1 8 --rounds 5
-    python benchmarks/precision.py --parts accuracy         # the trained demo model and the 12-layer shape
     python benchmarks/precision.py --parts speed --isa avx2 avx512   # kernel variants as extra contenders
 
 Parts:
@@ -15,10 +16,6 @@ Parts:
             contenders alternating within each round; "floor" rows run only the 49 weight products of
             a step (63 steps in one XLA loop). Bytes/token are the weights a decode step reads; GB/s is
             those bytes times the steps over the median time: compare with the probe.
-  accuracy  against fp32 on the same weights: the max relative logits error (max |dlogit| / max
-            |logit|) and greedy agreement, on the trained demo model (`cngpt_tf/data`, 4 layers, Tang
-            poems; also its held-out perplexity, the last 5% of tests/data/tang_regular_poems.tsv as in
-            scripts/train_demo.py) and on the random 12-layer shape; int8 also with other scale blocks.
 The generator runs `cngpt_tf.decoding.compile_decoder` on `model.params_from_pt(..., panels=True,
 weights=mode)` held as tf.Variables, as `cngpt_tf.generator.Generator` does. Every part prints the
 1-minute load average before and after it: a timing taken at a load >= 0.5 on a 2-core machine is
@@ -111,8 +108,9 @@ def step_bytes(packed: dict) -> int:
 # ----- speed ---------------------------------------------------------------------------------------
 
 
-def greedy_runner(packed: dict, config):
-    """run(ids) -> [B, P + NEW_TOKENS] greedy tokens, forced to full length, as the Generator runs it."""
+def greedy_runner(packed: dict, config, eos: int = -1):
+    """run(ids) -> [B, P + NEW_TOKENS] greedy tokens, forced to full length, as the Generator runs it.
+    eos -1 never stops; an id is suppressed for all the new tokens (min_new), as the peers force length."""
     import tensorflow as tf
 
     from cngpt_tf.decoding import compile_decoder, generate_bucketed
@@ -124,7 +122,7 @@ def greedy_runner(packed: dict, config):
 
     def run(ids, new=NEW_TOKENS):
         ids = tf.constant(ids, tf.int32)
-        return generate_bucketed(decoder, ids, tf.ones_like(ids), new, min_new=new, eos=-1, pad=0, seed=0,
+        return generate_bucketed(decoder, ids, tf.ones_like(ids), new, min_new=new, eos=eos, pad=0, seed=0,
                                  temperature=1.0, top_p=1.0, penalty=1.0).numpy()
 
     return run
@@ -244,111 +242,7 @@ def _traced_with(run, isa):
     return wrapped
 
 
-# ----- accuracy ------------------------------------------------------------------------------------
-
-
-def demo_model():
-    """(config, PyTorch-named weights, tokenizer) of the trained demo release."""
-    from cngpt_tf.config import with_vocab
-    from cngpt_tf.demo import demo_release
-    from cngpt_tf.formats.pytorch import read_pytorch
-    from cngpt_tf.formats.source import open_source
-    from cngpt_tf.tokenizer import ChineseTokenizer
-
-    with open_source(demo_release(), progress=False) as files:
-        config, _ = with_vocab(GPT2Config.from_file(files.config), files.vocab)
-        return config, read_pytorch(files.weights), ChineseTokenizer.from_pretrained(files.folder)
-
-
-def held_out_blocks(tokenizer, n_ctx: int, limit: int) -> np.ndarray:
-    """The last 5% of the Tang poems as the demo's held-out text (`title：poem`, [CLS] .. [SEP] each),
-    packed end to end into blocks of n_ctx ids: [blocks, n_ctx]."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    rows = [r for r in open(os.path.join(root, "tests", "data", "tang_regular_poems.tsv"), encoding="utf-8")
-            .read().split("\n") if r]
-    vocab = set(tokenizer.tokens)
-    lines = []
-    for row in rows[-round(0.05 * len(rows)):]:
-        title, _author, poem = row.split("\t")
-        lines.append(f"{title}：{poem}" if set(title) <= vocab else poem)
-    ids = np.concatenate([tokenizer.encode(line, add_sep=True) for line in lines])
-    blocks = len(ids) // n_ctx
-    return ids[: blocks * n_ctx].reshape(blocks, n_ctx)[:limit].astype(np.int32)
-
-
-def logits_fn(packed: dict, config):
-    import tensorflow as tf
-
-    from cngpt_tf import model
-
-    params = {k: tf.constant(v) for k, v in packed.items()}
-    return tf.function(lambda ids: model.logits(params, config, ids, tf.ones_like(ids)), jit_compile=True)
-
-
-def perplexity(logits, blocks: np.ndarray, batch: int = 16) -> float:
-    nll, count = 0.0, 0
-    for i in range(0, len(blocks), batch):
-        ids = blocks[i:i + batch]
-        out = logits(ids).numpy().astype(np.float64)[:, :-1]  # [B, T - 1, V]
-        out -= out.max(-1, keepdims=True)
-        logp = out - np.log(np.exp(out).sum(-1, keepdims=True))
-        nll -= np.take_along_axis(logp, ids[:, 1:, None], -1).sum()
-        count += ids[:, 1:].size
-    return float(np.exp(nll / count))
-
-
-def accuracy(args) -> None:
-    from cngpt_tf import quantize
-
-    print("\naccuracy against fp32 on the same weights")
-    header = ("model", "weights", "max rel logits err", "greedy runs identical", "tokens before a difference",
-              "perplexity", "vs fp32")
-    rows = []
-    config, weights, tok = demo_model()
-    blocks = held_out_blocks(tok, config.n_ctx, args.ppl_blocks)
-    prompts = blocks[:, :PROMPT_LEN].copy()
-    prompts[:, 0] = 101  # [CLS]: the demo's vocab is a prefix of BERT's
-    variants = [("fp32", None), ("bf16", None), ("int8", None)] + [("int8", g) for g in args.groups]
-    rows += _accuracy_rows("demo (trained, 4 layers)", config, weights, variants, blocks, prompts[: args.prompts])
-    config12 = GPT2Config(**SHAPE)
-    weights12 = demo_weights(config12, seed=0)
-    ids = np.random.RandomState(0).randint(200, 21000, size=(args.prompts, PROMPT_LEN)).astype(np.int32)
-    ids[:, 0] = 101
-    rows += _accuracy_rows("GPT-12L-CN shape (random)", config12, weights12, [("fp32", None), ("bf16", None),
-                                                                             ("int8", None)], None, ids)
-    table([header] + rows)
-    print(f"(int8 default: blocks of {quantize.INT8_GROUP} rows; greedy: {args.prompts} prompts of {PROMPT_LEN} "
-          f"tokens, {NEW_TOKENS} new tokens each, compared with fp32's; a run differs from its first different token on)")
-
-
-def _accuracy_rows(name, config, weights, variants, blocks, prompts) -> list:
-    from cngpt_tf import quantize
-
-    rows, reference = [], {}
-    for mode, group in variants:
-        saved = quantize.INT8_GROUP
-        if group is not None:
-            quantize.INT8_GROUP = group  # packing and the model's kernel calls read it
-        try:
-            packed, seconds = pack(weights, config, mode)
-            logits = logits_fn(packed, config)
-            probe = prompts[:8]
-            out = logits(probe).numpy()
-            tokens = greedy_runner(packed, config)(prompts)
-            ppl = perplexity(logits, blocks) if blocks is not None else None
-        finally:
-            quantize.INT8_GROUP = saved
-        label = mode + (f", blocks of {group}" if group else "")
-        if mode == "fp32" and group is None:
-            reference = dict(logits=out, tokens=tokens, ppl=ppl)
-        err = np.abs(out - reference["logits"]).max() / np.abs(reference["logits"]).max()
-        same = tokens[:, PROMPT_LEN:] == reference["tokens"][:, PROMPT_LEN:]  # [prompts, NEW_TOKENS]
-        before = np.where(same.all(1), NEW_TOKENS, np.argmin(same, axis=1))  # each run's first difference
-        rows.append((name, label, f"{err:.2e}", f"{same.all(1).sum()}/{len(same)}", f"{before.mean():.1f}",
-                     "-" if ppl is None else f"{ppl:.3f}",
-                     "-" if ppl is None else f"{ppl / reference['ppl'] - 1:+.3%}"))
-        print(f"  {name} {label}: packed in {seconds:.2f} s", file=sys.stderr, flush=True)
-    return rows
+# ----- output --------------------------------------------------------------------------------------
 
 
 def table(cells) -> None:
@@ -364,17 +258,12 @@ def table(cells) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["probe", "pack", "speed", "accuracy"],
-                        choices=["probe", "pack", "speed", "accuracy"])
+    parser.add_argument("--parts", nargs="+", default=["probe", "pack", "speed"], choices=["probe", "pack", "speed"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5, help="timed runs per contender (median reported)")
     parser.add_argument("--isa", nargs="*", default=[], help="kernel variants to add as contenders (e.g. avx2)")
     parser.add_argument("--no_floor", action="store_true", help="skip the weight-products-only rows")
-    parser.add_argument("--prompts", type=int, default=32, help="prompts for the greedy agreement")
-    parser.add_argument("--ppl_blocks", type=int, default=64, help="held-out blocks of 128 tokens for perplexity")
-    parser.add_argument("--groups", type=int, nargs="*", default=[32, 256, 3072],
-                        help="other int8 scale blocks to compare (3072 or more: one scale per column)")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -395,8 +284,6 @@ def main(argv=None):
             del packed
     if "speed" in args.parts:
         speed(args, config, weights)
-    if "accuracy" in args.parts:
-        accuracy(args)
 
 
 if __name__ == "__main__":
