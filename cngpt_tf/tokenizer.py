@@ -106,6 +106,7 @@ class ChineseTokenizer:
     @classmethod
     def from_pretrained(cls, folder: str | Path, **overrides) -> ChineseTokenizer:
         """Load `folder/vocab.txt`, with the casing options of `folder/tokenizer_config.json` if any."""
+        folder = Path(folder)
         kwargs = read_tokenizer_settings(folder)
         kwargs.update(overrides)
         return cls(folder / "vocab.txt", **kwargs)

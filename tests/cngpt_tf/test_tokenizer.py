@@ -136,6 +136,7 @@ def test_from_pretrained_reads_config(tiny_dir, tmp_path):
     (folder / "vocab.txt").write_bytes((tiny_dir / "vocab.txt").read_bytes())
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
     assert ChineseTokenizer.from_pretrained(folder).encode("HELLO", add_cls=False) == ids_of("[UNK]")
+    assert ChineseTokenizer.from_pretrained(str(folder)).encode("HELLO", add_cls=False) == ids_of("[UNK]")  # a str too
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_basic_tokenize": False}))
     with pytest.raises(ConfigError):
         ChineseTokenizer.from_pretrained(folder)
