@@ -34,6 +34,8 @@ NOT_HERE = {
     "tensorboard": "a server, not an example of ours",
     "--strategy multiworker": "one process per machine with TF_CONFIG (test_finetune_multiworker.py runs two)",
     "prompts/*.txt.gz": "a Beam pipeline costs ~40 s: tests/cngpt_tf/batch runs generate (gz input too)",
+    "out/poems": "a Beam pipeline costs ~35 s: tests/cngpt_tf/batch runs poem (the README's score runs here)",
+    "--demo demo_out/ --overwrite": "the README's first command, which CI runs, and test_pt2tf.py::test_demo",
 }
 RUNNABLE = re.compile(r"python -m (converters\.(pt2tf|tf2pt)|cngpt_tf\.(generate|finetune|serving_client|batch))\b")
 
