@@ -3,7 +3,7 @@
 GPT-12L-CN's shape by default (12 layers, n_embd 768, 12 heads, 1024 positions, vocab 21128); the
 weights of benchmarks/generation.py with random biases and LayerNorms on top, so that a wrong
 mapping of any tensor changes the greedy tokens ("greedy = HF" compares them with HF PyTorch's).
-Rows: HF PyTorch `generate`; cngpt_tf's Generator (fp32; bf16 and int8 where it takes weights=);
+Rows: HF PyTorch `generate`; cngpt_tf's Generator (weights= fp32, bf16, int8);
 ONNX Runtime through optimum (fp32, dynamic int8); llama.cpp through llama-cpp-python (GGUF F32,
 BF16, Q8_0: benchmarks/peers_gguf.py); CTranslate2 (float32, int8_float32). Each engine's files are
 written to --workdir before anything is timed; "load s" reads them, "first call s" is the first
@@ -319,14 +319,9 @@ class Cngpt(Contender):
         self.folder = setup.tf2_dir
 
     def load(self):
-        import inspect
-
         from cngpt_tf.generator import Generator
 
-        kwargs = {} if self.weights == "fp32" else {"weights": self.weights}
-        if kwargs and "weights" not in inspect.signature(Generator.from_pretrained).parameters:
-            raise NotImplementedError("not available in this build (Generator.from_pretrained has no weights=)")
-        self.gen = Generator.from_pretrained(self.folder, tokenizer=False, **kwargs)
+        self.gen = Generator.from_pretrained(self.folder, tokenizer=False, weights=self.weights)
 
     def generate(self, ids):
         n = self.setup.new_tokens

@@ -72,13 +72,15 @@ def generate_bucketed(decoder, input_ids, attention_mask, max_new, *, min_new, e
     return tf.concat([input_ids, tokens[:, :steps]], axis=1)
 
 
-def compile_decoder(params, config, sampler: Sampler, make_constraint=None):
+def compile_decoder(params, config, sampler, make_constraint=None):
     """The GPT-2 decode loop over `params` as one XLA computation.
 
     Returns fn(ids [B, P], mask [B, P], buffer [B, N], max_new, min_new, eos, pad, seed,
     temperature, top_p, penalty, *constraint_inputs) -> (tokens [B, N], steps); P and N should be
-    bucketed by the caller. make_constraint(*constraint_inputs) -> (constraint, initial state) adds a
-    logits constraint (e.g. `cngpt_tf.poetry.PoemConstraint`) whose data are runtime inputs.
+    bucketed by the caller. sampler: a `Sampler` (seed: a scalar), or a function of the `seed` input
+    returning (the Sampler, the scalar seed the loop passes it) -- e.g. one seed per row
+    (`cngpt_tf.batch.seeded`). make_constraint(*constraint_inputs) -> (constraint, initial state)
+    adds a logits constraint (e.g. `cngpt_tf.poetry.PoemConstraint`) whose data are runtime inputs.
     """
 
     def step_fn(ids, positions, cache, index, key_mask):
@@ -91,8 +93,9 @@ def compile_decoder(params, config, sampler: Sampler, make_constraint=None):
         slots = prompt_len + n_new
         cache = model.empty_cache(config, batch, slots, params["model/wpe"].dtype)
         constraint, constraint_state = make_constraint(*constraint_inputs) if make_constraint else (None, ())
+        step_sampler, seed = (sampler, seed) if isinstance(sampler, Sampler) else sampler(seed)
         return decode(
-            step_fn, cache, sampler, ids, mask, buffer,
+            step_fn, cache, step_sampler, ids, mask, buffer,
             max_new_tokens=max_new, min_new_tokens=min_new, eos_token_id=eos, pad_token_id=pad,
             seed=seed, temperature=temperature, top_p=top_p, penalty=penalty, vocab_size=config.n_vocab,
             constraint=constraint, constraint_state=constraint_state,

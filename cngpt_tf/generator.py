@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from . import model, native, quantize
-from .config import GPT2Config, with_vocab
+from . import model, native
+from .config import GPT2Config, check_weight_mode, with_vocab
 from .decoding import BUCKET, check_prompts, compile_decoder, generate_bucketed, round_up
 from .errors import short_repr
 from .formats.registry import detect
@@ -62,13 +62,13 @@ class Generator:
         self.config = config
         self.tokenizer = tokenizer
         self.generation_config = _config(generation_config, GenerationConfig()).validate(config.n_vocab, config.n_ctx)
-        self.weights = quantize.check_weight_mode(weights)
+        self.weights = check_weight_mode(weights)
+        asked = "native_kernel=True" if weights == "fp32" else f"weights={weights!r}"
         if weights != "fp32" and native_kernel is False:
-            raise ValueError(f"weights={weights!r} needs the native kernel; native_kernel=False keeps XLA's "
-                             "dot, which reads float32 weights only")
+            raise ValueError(f"{asked} needs the native kernel; native_kernel=False keeps XLA's dot, which "
+                             "reads float32 weights only")
         if (native_kernel or weights != "fp32") and not native.available():
-            raise ValueError(f"{f'weights={weights!r}' if weights != 'fp32' else 'native_kernel=True'} needs the "
-                             f"native kernel, which cannot run here ({native.describe()})")
+            raise ValueError(f"{asked} needs the native kernel, which cannot run here ({native.describe()})")
         if native_kernel is None:  # reduced precision asks for the kernel; fp32 takes it where enabled
             native_kernel = native.enabled() if weights == "fp32" else True
         self.native_kernel = native_kernel
@@ -88,7 +88,7 @@ class Generator:
         (HF's file; our fields only, checked against the model: ConfigError naming it) when there is
         one, else `GenerationConfig()`. native_kernel, weights: as in `Generator()` (weights checked
         before anything is read)."""
-        quantize.check_weight_mode(weights)
+        check_weight_mode(weights)
         fmt, folder = detect(path, accept=("tf2", "tf1"))
         config, pt_tensors = fmt.read(folder)
         tok = None

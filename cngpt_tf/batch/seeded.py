@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .. import model
-from ..decoding import decode
+from ..decoding import compile_decoder
 from ..generation_config import Strategy
-from ..model import shape_of
 from ..poetry import PoemConstraint
 from ..sampling import Sampler
 
@@ -45,23 +43,10 @@ class RowSeededSampler(Sampler):
 
 
 def compile_row_seeded(params: dict, config, strategy: Strategy, constrained: bool = False):
-    """Like `decoding.compile_decoder`, with `seed` a [B] int32 vector of row seeds; `constrained`
-    adds `PoemConstraint` (its inputs from `PoemPlan.inputs`). Use with `decoding.generate_bucketed`.
-    Traced and compiled once per shape (the native kernel needs static shapes when traced)."""
+    """`decoding.compile_decoder` with `seed` a [B] int32 vector of row seeds; `constrained` adds
+    `PoemConstraint` (its inputs from `PoemPlan.inputs`). Use with `decoding.generate_bucketed`."""
 
-    def step_fn(ids, positions, cache, index, key_mask):
-        hidden, cache = model.forward(params, config, ids, positions, cache, index, key_mask)
-        return model.lm_head(params, config, hidden[:, -1]), cache
+    def row_seeded(row_seeds):  # the loop's own (scalar) seed is unused: each row has its own
+        return RowSeededSampler(strategy, row_seeds), tf.constant(0)
 
-    def run(ids, mask, buffer, max_new, min_new, eos, pad, row_seeds, temperature, top_p, penalty, *constraint_inputs):
-        (batch, prompt_len), n_new = shape_of(ids), shape_of(buffer)[1]
-        cache = model.empty_cache(config, batch, prompt_len + n_new, params["model/wpe"].dtype)
-        constraint, state = PoemConstraint.from_inputs(*constraint_inputs) if constrained else (None, ())
-        return decode(
-            step_fn, cache, RowSeededSampler(strategy, row_seeds), ids, mask, buffer,
-            max_new_tokens=max_new, min_new_tokens=min_new, eos_token_id=eos, pad_token_id=pad,
-            seed=tf.constant(0), temperature=temperature, top_p=top_p, penalty=penalty,
-            vocab_size=config.n_vocab, constraint=constraint, constraint_state=state,
-        )
-
-    return tf.function(run, jit_compile=True, autograph=False)
+    return compile_decoder(params, config, row_seeded, PoemConstraint.from_inputs if constrained else None)
