@@ -46,7 +46,7 @@ setup(
         "console_scripts": [
             "cngpt-pt2tf=converters.pt2tf:main",
             "cngpt-tf2pt=converters.tf2pt:main",
-            "cngpt-generate=cngpt_tf.generate:main",
+            "cngpt-generate=cngpt_tf.generate:console",
             "cngpt-batch=cngpt_tf.batch.__main__:main",
         ]
     },

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from . import compile_cache
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def sources() -> list[Path]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CNGPT_TF_CACHE", Path.home() / ".cache" / "cngpt_tf"))
+    return compile_cache.cache_root()
 
 
 def _cpu_flags() -> frozenset:

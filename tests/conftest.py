@@ -23,6 +23,9 @@ import pytest  # noqa: E402
 # Hypothesis keeps its example database and caches in ./.hypothesis/ by default, i.e. in the checkout:
 # keep them in the temp folder instead (the environment variable also reaches subprocesses).
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "cngpt_tf-hypothesis"))
+# The generate command keeps XLA's compiled programs in ~/.cache/cngpt_tf/xla (cngpt_tf.compile_cache);
+# the commands the tests run keep theirs in the temp folder (content-keyed, so sessions may share it).
+os.environ.setdefault("CNGPT_TF_XLA_CACHE", str(Path(tempfile.gettempdir()) / "cngpt_tf-xla-tests"))
 try:
     from hypothesis.configuration import set_hypothesis_home_dir
 except ImportError:  # hypothesis is a test extra; the tests that need it import it themselves

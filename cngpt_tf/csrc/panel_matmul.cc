@@ -26,6 +26,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <vector>
 
@@ -125,6 +126,29 @@ class Pool {
 
 Pool& pool = *new Pool;  // never destroyed: its sleeping workers outlive the exit handlers
 
+// XLA:CPU hands a custom call with one (non-tuple) result that result's buffer as `out` -- except
+// when the program was read back from XLA's persistent compilation cache: TF 2.21's deserialiser
+// (custom_call_thunk_serdes.cc) leaves CustomCallThunk::OpBuffers::is_tuple_result uninitialised,
+// and where that garbage reads as true, `out` is the address of an array of result pointers on the
+// calling thread's stack instead (writing the result there smashed the stack: a SIGSEGV). Result
+// buffers never live on a thread's stack, so an `out` inside this thread's stack is that array.
+void* result_buffer(void* out) {
+  struct Stack {
+    uintptr_t low = 0, size = 0;
+    Stack() {  // once a thread: for the main thread glibc reads /proc/self/maps to answer
+      pthread_attr_t attr;
+      void* base = nullptr;
+      size_t bytes = 0;
+      if (pthread_getattr_np(pthread_self(), &attr) != 0) return;
+      if (pthread_attr_getstack(&attr, &base, &bytes) == 0) low = reinterpret_cast<uintptr_t>(base), size = bytes;
+      pthread_attr_destroy(&attr);
+    }
+  };
+  thread_local const Stack stack;
+  const auto at = reinterpret_cast<uintptr_t>(out);
+  return at - stack.low < stack.size ? *static_cast<void**>(out) : out;  // unsigned: below low wraps
+}
+
 }  // namespace
 
 extern "C" {
@@ -139,7 +163,7 @@ void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, 
   PanelJob job{};
   job.x = static_cast<const float*>(in[0]);
   job.w = in[1];
-  job.out = static_cast<float*>(out);
+  job.out = static_cast<float*>(result_buffer(out));
   job.M = M, job.K = K, job.N = N, job.group = group;
   job.mode = std::strcmp(mode_name, "bf16") == 0 ? kBf16 : std::strcmp(mode_name, "int8") == 0 ? kInt8 : kFp32;
   if (job.mode == kInt8) {
