@@ -38,12 +38,13 @@ import unicodedata
 
 import tensorflow as tf
 
-from .tokenizer import is_cjk, is_punctuation, is_wordlike
+from .tokenizer import is_wordlike
 from .vocab import CLS, MASK, PAD, SEP, UNK, special_token_ids
+from .wordpiece import MAX_WORD_CHARS as _MAX_WORD_CHARS  # HF WordpieceTokenizer.max_input_chars_per_word
+from .wordpiece import SPECIALS as _SPECIALS  # matched literally in the text, as HF's added-token trie does
+from .wordpiece import clean_char, is_punctuation, strip_accents
 
-_SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # matched literally in the text, as HF's added-token trie does
 _SENTINEL = 0x110000  # code points past Unicode stand for the literal special tokens
-_MAX_WORD_CHARS = 100  # HF WordpieceTokenizer.max_input_chars_per_word
 _KEEP, _SPACED, _TABLE = 0, 1, 2  # code point classes: unchanged, " c ", looked up ("" if absent)
 
 
@@ -65,7 +66,8 @@ class TextGraph(tf.Module):
         self._unk, self._cls, self._pad = ids[UNK], ids[CLS], ids[PAD]
         self._add_cls = add_cls
         self._vocab = _table(list(ids), list(ids.values()), -1)
-        # A literal special token becomes the word "\0k"; its id is the vocab's or [UNK], as in HF.
+        # A literal special token becomes the word "\0k"; its id is the vocab's, or [UNK] where the vocab
+        # lacks it (HF would give an id past the vocab; ChineseTokenizer gives [UNK] too).
         self._special_words = _table([f"\0{k}" for k in range(len(_SPECIALS))],
                                      [ids.get(s, self._unk) for s in _SPECIALS], -1)
         # Longest piece in characters: WordPiece never needs to try a longer prefix.
@@ -290,20 +292,16 @@ def _wordlike_runs() -> tuple[list[int], list[bool]]:
 def _bert_char(c: str, lower: bool, strip: bool) -> str:
     """What HF BertTokenizer makes of one code point, in HF's order; spaces separate words."""
     s = c.lower() if lower else c  # PreTrainedTokenizer.tokenize lowers each character first
-    cleaned = []
-    for x in s:  # BasicTokenizer._clean_text, then _tokenize_chinese_chars
-        cat = unicodedata.category(x)
-        if x in "\x00\ufffd" or (x not in "\t\n\r" and cat.startswith("C")):
-            continue
-        cleaned.append(" " if x in " \t\n\r" or cat == "Zs" else f" {x} " if is_cjk(x) else x)
+    # BasicTokenizer._clean_text, then _tokenize_chinese_chars: the rule cngpt_tf.wordpiece states
+    cleaned = "".join(clean_char(x) for x in s)
     out = []
-    for y in unicodedata.normalize("NFC", "".join(cleaned)):
+    for y in unicodedata.normalize("NFC", cleaned):
         if y.isspace():  # str.split() also splits at U+2028/U+2029, which cleaning keeps
             out.append(" ")
             continue
         if lower:  # token.lower() ...
             y = y.lower()
         if strip:  # ... then NFD and drop the combining marks (Mn)
-            y = "".join(z for z in unicodedata.normalize("NFD", y) if unicodedata.category(z) != "Mn")
+            y = strip_accents(y)
         out.extend(f" {z} " if is_punctuation(z) else z for z in y)
     return "".join(out)

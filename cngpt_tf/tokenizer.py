@@ -19,9 +19,8 @@ from .config import MAX_JSON_BYTES
 from .errors import ConfigError, VocabError, short_repr
 from .textfile import read_text
 from .vocab import CLS, MASK, PAD, SEP, UNK, read_vocab, special_token_ids
+from .wordpiece import SPECIALS, BertWordPiece, is_cjk  # is_cjk: also imported from here (poetry, tests)
 
-_SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # the strings HF's BertTokenizer matches verbatim in input text
-_SPECIAL_RE = re.compile("(" + "|".join(map(re.escape, _SPECIALS)) + ")")
 _UNUSED_RE = re.compile(r"\[unused\d+\]")
 
 
@@ -96,11 +95,19 @@ class ChineseTokenizer:
     cannot be told from none). Text made only of vocab CJK characters and Chinese punctuation
     round-trips exactly.
 
-    Only the slow `BertTokenizer` is used. On the 2,500-line CLUE sample `BertTokenizerFast` gave
-    identical ids about 7x faster, but over single code points it disagrees with the slow one on
-    ~760 assigned characters (newer Unicode punctuation, CJK extension E, Arabic marks): whole
-    words become `[UNK]`. The models were trained with the slow tokenizer's behaviour, no cheap
-    check at construction catches per-character differences, and prompts are short.
+    The ids are those of HF's slow `BertTokenizer` (transformers 4.57), computed by our own code
+    (`cngpt_tf.wordpiece`, which names every rule it mirrors) without importing transformers, torch
+    or TensorFlow; tests/cngpt_tf/test_tokenizer_matches_hf.py proves them equal to HF's over every
+    code point, under each casing setting, on random and real text and on odd vocabs. One HF rule
+    is not followed: a literal `[MASK]` with a vocab that lacks `[MASK]` is HF's id len(distinct
+    vocab tokens) (a token it adds past the vocab: outside the model's embedding table, or, where a
+    token repeats, another vocab line's id); here it is `[UNK]`, as in the SavedModel's in-graph
+    tokenizer (`text_graph`), so that every face gives the model the same ids.
+
+    The slow tokenizer is what we match, not `BertTokenizerFast`. On the 2,500-line CLUE sample
+    the fast one gave identical ids about 7x faster, but over single code points it disagrees with
+    the slow one on ~760 assigned characters (newer Unicode punctuation, CJK extension E, Arabic
+    marks): whole words become `[UNK]`. The models were trained with the slow tokenizer's behaviour.
     """
 
     @classmethod
@@ -114,19 +121,13 @@ class ChineseTokenizer:
     def __init__(self, vocab_file: str | Path, do_lower_case: bool = True, add_cls: bool = True,
                  add_sep: bool = False, *, strip_accents: bool | None = None,
                  tokenize_chinese_chars: bool = True):
-        # transformers pulls in torch (~2 s): import it only when a tokenizer is actually built.
-        from transformers import BertTokenizer
-
         # Our own id -> token list (read as HF does, "\n" only) is the model's embedding table
         # size and decodes every id, also ones HF's dict would lose to a duplicated token.
         self._tokens = read_vocab(vocab_file)
         self._ids = special_token_ids(self._tokens, vocab_file)
-        self._bert = BertTokenizer(str(vocab_file), do_lower_case=do_lower_case,
-                                   strip_accents=strip_accents,
-                                   tokenize_chinese_chars=tokenize_chinese_chars)
+        self._bert = BertWordPiece(self._tokens, do_lower_case=do_lower_case, strip_accents=strip_accents,
+                                   tokenize_chinese_chars=tokenize_chinese_chars, absent_specials_as_unk=True)
         self.add_cls, self.add_sep = add_cls, add_sep
-        self._lower, self._split_cjk = do_lower_case, tokenize_chinese_chars
-        self._strip_accents = strip_accents is not False if do_lower_case else bool(strip_accents)
         hidden = {self._ids[t] for t in (PAD, CLS, SEP, MASK) if t in self._ids}
         hidden.update(i for i, t in enumerate(self._tokens) if _UNUSED_RE.fullmatch(t))
         self._hidden = frozenset(hidden)
@@ -149,7 +150,7 @@ class ChineseTokenizer:
         in-graph `TextGraph.encode` included. None: never truncated."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, not {type(text).__name__}")
-        ids = self._bert.convert_tokens_to_ids(self._bert.tokenize(text)) if text else []
+        ids = self._bert.encode(text)
         cls = self.add_cls if add_cls is None else add_cls
         sep = self.add_sep if add_sep is None else add_sep
         if max_tokens is not None:
@@ -213,42 +214,17 @@ class ChineseTokenizer:
     def normalise(self, text: str, *, stop_at_eos: bool = True) -> str:
         """The text `decode(encode(text))` gives, computed from `text` by the rules of the class docstring."""
         words: list[str] = []
-        for part in _SPECIAL_RE.split(text):
-            if part in _SPECIALS:
-                if part == UNK:
-                    words.append(UNK)
-                elif part == SEP and stop_at_eos:
+        unk = self._bert.unk_id
+        # The words encode() turns into ids (one implementation), shown as decode() shows their ids.
+        for word, ids in self._bert.words(text):
+            if ids == (unk,):  # a word WordPiece cannot spell, or [UNK] itself
+                words.append(UNK)
+            elif word in SPECIALS and len(ids) == 1:  # a literal special token (or one cleaning made)
+                if word == SEP and stop_at_eos:
                     break
-                continue
-            for word in self._basic_words(part):
-                # Only WordPiece knows whether a word can be spelled from vocab pieces.
-                known = self._bert.wordpiece_tokenizer.tokenize(word) != [UNK]
-                words.append(word if known else UNK)
-        return _join(words)
-
-    def _basic_words(self, text: str) -> list[str]:
-        """BERT's basic tokenization of text holding no special token (mirrors HF's BasicTokenizer)."""
-        if self._lower:
-            # HF lower-cases the raw text one character at a time (a regex match each), so the
-            # context-dependent final-sigma rule of str.lower() never applies.
-            text = "".join(c.lower() for c in text)
-        chars = []
-        for c in text:
-            if c in "\x00\ufffd" or _is_control(c):
-                continue
-            if c in " \t\n\r" or unicodedata.category(c) == "Zs":
-                chars.append(" ")
             else:
-                chars.append(f" {c} " if self._split_cjk and is_cjk(c) else c)
-        words = []
-        # str.split() also splits at U+2028/U+2029 and other separators BERT's cleaning keeps.
-        for word in unicodedata.normalize("NFC", "".join(chars)).split():
-            if self._lower:
-                word = word.lower()
-            if self._strip_accents:
-                word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
-            words.extend(_split_punctuation(word))
-        return " ".join(words).split()
+                words.append(word)
+        return _join(words)
 
 
 def keep_end(ids: list[int], room: int) -> list[int]:
@@ -293,36 +269,5 @@ def _join(words: list[str]) -> str:
     return "".join(out)
 
 
-def is_cjk(c: str) -> bool:
-    """A CJK ideograph, by the ranges BERT splits per character (not kana, hangul or CJK punctuation)."""
-    cp = ord(c)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-            or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
-
-
-def is_punctuation(c: str) -> bool:
-    """BERT's punctuation: Unicode P* plus every non-alphanumeric printable ASCII character."""
-    cp = ord(c)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(c).startswith("P")
-
-
-def _is_control(c: str) -> bool:
-    return c not in "\t\n\r" and unicodedata.category(c).startswith("C")
-
-
 def is_wordlike(c: str) -> bool:
     return unicodedata.category(c)[0] in "LN" and not is_cjk(c)
-
-
-def _split_punctuation(word: str) -> list[str]:
-    pieces: list[str] = []
-    run = ""
-    for c in word:
-        if is_punctuation(c):
-            pieces += [run, c] if run else [c]
-            run = ""
-        else:
-            run += c
-    return pieces + [run] if run else pieces
