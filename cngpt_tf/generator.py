@@ -74,7 +74,9 @@ class Generator:
         self.native_kernel = native_kernel
         # The kernel's weight layout (panels) works only under XLA on the CPU: all the generator runs.
         packed = model.params_from_pt(pt_tensors, config, panels=self.native_kernel, weights=weights)
-        self.params = {k: tf.Variable(v, trainable=False, name=k.replace("/", "_")) for k, v in packed.items()}
+        # The panels are fresh arrays of our own: TF takes them without a copy (native.variable).
+        self.params = {k: native.variable(v, k.replace("/", "_")) if k.endswith(("/panels", "/scales"))
+                       else tf.Variable(v, trainable=False, name=k.replace("/", "_")) for k, v in packed.items()}
         self._compiled = {}
         self._poem_vocab = None  # cngpt_tf.poetry.PoemVocab, built on the first poem()
 

@@ -58,6 +58,10 @@ def pack_params(tf1: dict, threads: int | None = None, panels: bool = False, wei
         if scope.endswith(CONV1D_SCOPES) and leaf == "w":
             w, b = np.asarray(value)[0], np.asarray(tf1[f"{scope}/b"])
             if panels and w.shape[1] % native.PANEL == 0:  # whole panels: conv1d reads nf off the shape
+                if weights == "fp32":  # [[w], [b]] [nx + 1, nf] written straight into its panels
+                    packed[f"{scope}/panels"] = native.to_panels(w.astype(np.float32, copy=False),
+                                                                 b.astype(np.float32, copy=False))
+                    continue
                 wb = np.concatenate([w, b[None, :]]).astype(np.float32, copy=False)  # [nx + 1, nf]
                 packed.update({f"{scope}/{k}": v for k, v in quantize.pack(wb, weights).items()})
                 continue

@@ -56,7 +56,9 @@ def bf16_panels(w: np.ndarray) -> np.ndarray:
     padded[:k, :n] = bf16_bits(w)
     # [K2, 2, P, 32] -> [P, K2, 32, 2]
     stored = padded.reshape(pairs, 2, n_panels, native.PANEL).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(stored).view(BFLOAT16)
+    out = native.aligned_empty(stored.shape, np.uint16)  # aligned: handed to TF without a copy
+    out[...] = stored
+    return out.view(BFLOAT16)
 
 
 def int8_panels(w: np.ndarray, group: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,36 @@ def test_panels_hold_each_column_once_and_zero_past_n(k, n):
         np.testing.assert_array_equal(panels[column // 32, :, column % 32], w[:, column])
     assert not panels.reshape(-1, k, 32).transpose(1, 0, 2).reshape(k, -1)[:, n:].any()  # zero past n
     np.testing.assert_array_equal(native.from_panels(panels, n), w)
+    assert panels.ctypes.data % 64 == 0 and panels.flags.c_contiguous
+
+
+@pytest.mark.parametrize("k, n", [(5, 32), (7, 40), (3, 97), (1, 1), (4, 64)])
+def test_panels_with_a_bias_row_equal_panels_of_the_stacked_matrix(k, n):
+    rng = np.random.default_rng(k * n)
+    w, b = rng.standard_normal((k, n)).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    np.testing.assert_array_equal(native.to_panels(w, b), native.to_panels(np.concatenate([w, b[None]])))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, tf.bfloat16.as_numpy_dtype])
+def test_variable_takes_an_aligned_array_without_a_copy(dtype):
+    array = native.aligned_empty((3, 5, 32), dtype)
+    array[...] = np.arange(array.size).reshape(array.shape) % 100
+    v = native.variable(array, "w")
+    assert v.dtype.as_numpy_dtype == dtype and v.shape == array.shape and not v.trainable
+    np.testing.assert_array_equal(v.numpy(), array)
+    array[0, 0, 0] = 7  # one buffer: the packed weights are the generator's own, never changed
+    assert float(v[0, 0, 0]) == 7
+
+
+def test_variable_copies_what_it_cannot_take():
+    base = native.aligned_empty((65,), np.float32)
+    base[...] = 1
+    unaligned = base[1:]  # 4 bytes past a 64-byte boundary
+    v = native.variable(unaligned, "w")
+    unaligned[0] = 7
+    assert float(v[0]) == 1 and v.shape == (64,)
+    strided = native.variable(np.ones((4, 4), np.float32)[:, ::2], "s")
+    assert strided.shape == (4, 2)
 
 
 @needs_kernel
