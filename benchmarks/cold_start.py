@@ -10,7 +10,8 @@ XLA's compile cache on (cngpt_tf/compile_cache.py; one untimed run first fills i
 the machine, caches warm") or off (CNGPT_TF_XLA_CACHE=0), in each weight mode. Beside them: Python
 importing TensorFlow and printing (the floor no TensorFlow program starts under), and HF PyTorch
 loading the same release and generating the same 50 tokens (`--pt`, the PyTorch files; built here
-when no --model is given). Timings at a 1-minute load average >= 0.5 are flagged (2 cores).
+when no --model is given). The load other processes put on the machine meanwhile (/proc/stat's busy
+time minus what the timed commands used, in cores) is printed: >= 0.5 on 2 cores flags the table.
 """
 
 from __future__ import annotations
@@ -74,9 +75,13 @@ def run_once(argv: list[str], env: dict) -> tuple[float, float, str]:
     return text_at, exit_at, line.decode("utf-8", "replace").strip()
 
 
-def load_average() -> float:
-    with open("/proc/loadavg", encoding="utf-8") as f:
-        return float(f.read().split()[0])
+def busy_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process's finished
+    children): /proc/stat's non-idle time and os.times()."""
+    with open("/proc/stat", encoding="utf-8") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    own = os.times()
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), own.children_user + own.children_system
 
 
 def build_model(workdir: Path) -> tuple[Path, Path]:
@@ -104,14 +109,18 @@ def main(argv=None) -> int:
             _, _, line = run_once(argv_, env)
             print(f"[warm-up] {name}: {line[:60]}", file=sys.stderr, flush=True)
         times = {name: [] for name in rows}
-        loads = [load_average()]
+        others = []
         for r in range(args.rounds):
+            busy0, ours0, wall0 = *busy_seconds(), time.perf_counter()
             for name, (argv_, env) in rows.items():
                 text_at, exit_at, _ = run_once(argv_, env)
                 times[name].append((text_at, exit_at))
-            loads.append(load_average())
-            print(f"round {r + 1}/{args.rounds} done (1-min load {loads[-1]:.2f})", file=sys.stderr, flush=True)
-    flag = "" if max(loads) < BUSY else f"  (load reached {max(loads):.2f} >= {BUSY}: timings unreliable)"
+            busy1, ours1, wall1 = *busy_seconds(), time.perf_counter()
+            others.append(max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (wall1 - wall0))
+            print(f"round {r + 1}/{args.rounds} done (other processes: {others[-1]:.2f} cores)", file=sys.stderr,
+                  flush=True)
+    worst = max(others)
+    flag = f"; other processes used up to {worst:.2f} cores" + ("" if worst < BUSY else " (timings unreliable)")
     print(f"\nCold start, {args.rounds} fresh processes per row, median (min-max) seconds{flag}\n")
     print("| command | text printed | process exit |")
     print("|---|---|---|")

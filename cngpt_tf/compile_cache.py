@@ -19,6 +19,9 @@ What XLA does not do, this module does:
   - Bounded: the oldest programs go once the folder exceeds MAX_BYTES; nothing is enabled where the
     folder is not writable or the disk has less than MIN_FREE_BYTES free (XLA fails a call whose
     program it cannot save).
+  - Private: XLA runs the machine code it reads there, so the folder must be this user's own, not
+    a link, writable by nobody else (a shared CNGPT_TF_XLA_CACHE such as a 0777 folder is refused,
+    with a warning, and the cache stays off).
 
 The flag must be in TF_XLA_FLAGS before XLA first reads its flags (its first compile in the
 process): `python -m cngpt_tf.generate` calls `enable()` before it loads a model; a Python program
@@ -89,6 +92,10 @@ def enable(folder: Path | None = None) -> Path | None:
     folder = Path(folder) if folder is not None else directory()
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stat = folder.lstat()
+        if not _private(stat):  # XLA runs the machine code it finds there: nobody else may write it
+            log.warning("XLA compile cache off: %s is not a folder of this user's that only it may write", folder)
+            return None
         if shutil.disk_usage(folder).free < MIN_FREE_BYTES or not os.access(folder, os.W_OK | os.X_OK):
             log.debug("XLA compile cache off: %s is not writable or its disk is nearly full", folder)
             return None
@@ -139,6 +146,14 @@ def _tidy(folder: Path) -> None:
             break
         path.unlink(missing_ok=True)
         total -= size
+
+
+def _private(stat: os.stat_result) -> bool:
+    """A real folder (not a link), owned by this user, that neither group nor others may write."""
+    import stat as modes
+
+    owner = os.getuid() if hasattr(os, "getuid") else stat.st_uid
+    return modes.S_ISDIR(stat.st_mode) and stat.st_uid == owner and not stat.st_mode & 0o022
 
 
 def _programs(folder: Path) -> list[Path]:

@@ -116,3 +116,18 @@ def test_directory_is_keyed_by_cpu_and_kernel(tmp_path, flags):
     assert first.parent == tmp_path
     flags.setattr(compile_cache, "_cpu_identity", lambda: "vendor_id: another")
     assert compile_cache.directory() != first
+
+
+@pytest.mark.parametrize("kind", ["shared", "link"])
+def test_a_folder_others_may_write_is_refused(tmp_path, flags, kind):
+    """XLA runs the machine code it reads from the folder: one that others may write, or a link to
+    one, leaves the cache off."""
+    target = tmp_path / "xla"
+    target.mkdir()
+    if kind == "shared":
+        target.chmod(0o777)
+        folder = target
+    else:
+        folder = tmp_path / "link"
+        folder.symlink_to(target, target_is_directory=True)
+    assert compile_cache.enable(folder) is None and "TF_XLA_FLAGS" not in os.environ
