@@ -12,7 +12,8 @@ What XLA does not do, this module does:
     cached program calls the native kernel by name, so a changed kernel must not meet an old program.
   - XLA trusts its files: a truncated or damaged one fails the whole call ("Failed to parse
     serialized CpuAotCompilationResult") rather than compiling again. So every file is recorded in
-    `index.json` (size, mtime, sha256) once a call that wrote it succeeded (`record`), and `enable`
+    `index.json` (size, mtime, sha256) once a call that wrote it succeeded (`record`, which the
+    Generator calls after each generation where the cache is on), and `enable`
     deletes any file the index does not vouch for (unrecorded, or changed in size or mtime) before
     XLA can read it. A file changed in place keeping its size and mtime is not detected: only
     deliberate tampering does that, and the folder is the user's own (0700), as the kernel library's.

@@ -55,7 +55,6 @@ def main(argv=None) -> int:
                 for prompt in args.prompts:
                     for text in generator.poem(prompt, **settings):
                         print(text + "\n")
-                compile_cache.record()
                 return
             texts = generator.generate(args.prompts, **settings)
         except ValueError as e:  # a setting this model (or CPU) cannot honour: the library names it
@@ -64,7 +63,6 @@ def main(argv=None) -> int:
             parser.error(str(e))
         for text in texts:
             print(text)
-        compile_cache.record()  # the programs this call compiled and ran are whole: vouch for them
 
     return cli.run_main(run)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from . import model, native
+from . import compile_cache, model, native
 from .config import GPT2Config, check_weight_mode, with_vocab
 from .decoding import BUCKET, check_prompts, compile_decoder, generate_bucketed, round_up
 from .errors import short_repr
@@ -162,7 +162,9 @@ class Generator:
             tf.constant(mask, tf.int32), max_new, min_new=min_new, eos=eos, pad=pad, seed=seed,
             temperature=g.temperature, top_p=g.top_p, penalty=g.repetition_penalty,
             constraint=constraint.inputs(round_up(max_new)) if constraint is not None else ())
-        return out.numpy()
+        out = out.numpy()
+        compile_cache.record()  # where the cache is on, vouch for the programs this call compiled and ran
+        return out
 
     def _compiled_decode(self, strategy: Strategy, constrained: bool = False):
         """One compiled decoder per strategy (and poem or not); TF retraces it per bucket."""

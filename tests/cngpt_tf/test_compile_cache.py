@@ -131,3 +131,21 @@ def test_a_folder_others_may_write_is_refused(tmp_path, flags, kind):
         folder = tmp_path / "link"
         folder.symlink_to(target, target_is_directory=True)
     assert compile_cache.enable(folder) is None and "TF_XLA_FLAGS" not in os.environ
+
+
+def test_the_python_face_vouches_for_what_it_compiled(converted, tmp_path):
+    """A program that enables the cache and generates gets its programs recorded by the Generator
+    (in a subprocess: XLA reads TF_XLA_FLAGS once per process)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "xla"
+    script = ("import sys\nfrom cngpt_tf import compile_cache\ncompile_cache.enable(sys.argv[1])\n"
+              "from cngpt_tf.generator import Generator\n"
+              "print(Generator.from_pretrained(sys.argv[2]).generate('明月', max_new_tokens=3)[0])\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", script, str(folder), str(converted)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("明月"), done.stderr[-2000:]
+    programs = {p.name for p in folder.glob("*.pb")}
+    assert programs and set(json.loads((folder / compile_cache.INDEX).read_text())) == programs
