@@ -91,6 +91,9 @@ def enable(folder: Path | None = None) -> Path | None:
     if enabled_directory() is not None:
         return enabled_directory()
     folder = Path(folder) if folder is not None else directory()
+    if any(c.isspace() or c in "'\"" for c in str(folder)):  # TF_XLA_FLAGS splits at whitespace
+        log.debug("XLA compile cache off: TF_XLA_FLAGS cannot hold the folder %r", str(folder))
+        return None
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         stat = folder.lstat()
@@ -139,7 +142,9 @@ def _tidy(folder: Path) -> None:
             path.unlink(missing_ok=True)
     now = time.time()
     for path in folder.iterdir():  # XLA writes NAME.pb via a temporary name, then renames
-        if path.name != INDEX and path.suffix != ".pb" and now - path.stat().st_mtime > STALE_SECONDS:
+        if path.is_symlink():  # never ours, and XLA would follow it
+            path.unlink(missing_ok=True)
+        elif path.name != INDEX and path.suffix != ".pb" and now - path.lstat().st_mtime > STALE_SECONDS:
             path.unlink(missing_ok=True)
     total = sum(size for _, size, _ in kept)
     for _, size, path in sorted(kept, key=lambda k: k[0]):  # oldest first

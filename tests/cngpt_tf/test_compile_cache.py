@@ -76,6 +76,21 @@ def test_oldest_programs_go_past_the_size_bound(tmp_path, flags):
     assert [p.exists() for p in paths] == [False, False, False, True, True]
 
 
+def test_links_in_the_folder_go(tmp_path, flags):
+    folder = tmp_path / "xla"
+    folder.mkdir()
+    elsewhere = program(tmp_path, "elsewhere")
+    link = folder / elsewhere.name
+    link.symlink_to(elsewhere)
+    compile_cache.record(folder)  # a link is never vouched for
+    compile_cache.enable(folder)
+    assert not link.is_symlink() and elsewhere.exists()
+
+
+def test_a_folder_tf_xla_flags_cannot_hold_leaves_it_off(tmp_path, flags):
+    assert compile_cache.enable(tmp_path / "my cache") is None and "TF_XLA_FLAGS" not in os.environ
+
+
 def test_stale_temporaries_go_fresh_ones_stay(tmp_path, flags):
     folder = tmp_path / "xla"
     folder.mkdir()
