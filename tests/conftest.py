@@ -54,6 +54,24 @@ def _drop_cli_log_handler():
     root.setLevel(level)
 
 
+@pytest.fixture
+def heeded_signals():
+    """SIGINT, SIGTERM and SIGHUP at their defaults for one test, whatever the suite was started
+    under: `nohup` (or a shell's background job) starts it with SIGHUP (SIGINT) ignored, and the CLIs
+    rightly leave an ignored signal ignored (`cngpt_tf.interrupts`), so a test of how they handle
+    one must first make it heeded."""
+    import signal
+
+    from cngpt_tf import interrupts
+
+    ignored = [s for s in interrupts.SIGNALS if signal.getsignal(s) is signal.SIG_IGN]
+    for s in ignored:
+        signal.signal(s, signal.SIG_DFL)
+    yield
+    for s in ignored:
+        signal.signal(s, signal.SIG_IGN)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """tests/data: the real BERT Chinese vocab, the CLUE corpus sample and the Tang poems."""

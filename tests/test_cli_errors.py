@@ -72,7 +72,7 @@ def test_usage_errors_pass_through():
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_signal_becomes_its_exit_code_and_handlers_are_restored(signum, code, capsys):
+def test_signal_becomes_its_exit_code_and_handlers_are_restored(signum, code, capsys, heeded_signals):
     before = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
     reached = []
 

@@ -45,7 +45,7 @@ def release(tiny_pt_dir, tmp_path, monkeypatch) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
-def test_signal_mid_conversion_cleans_up(signum, release, tmp_path, capsys, monkeypatch):
+def test_signal_mid_conversion_cleans_up(signum, release, tmp_path, capsys, monkeypatch, heeded_signals):
     archive, tmpdir = release
     during = []
 
