@@ -16,6 +16,10 @@ import pytest
 from cngpt_tf import cli, generate, interrupts
 from cngpt_tf.errors import SourceError, VerificationError
 
+# Signals are raised in-process: heed them even where the suite was started with them ignored
+# (nohup: SIGHUP; a shell's background job: SIGINT). See conftest.heeded_signals.
+pytestmark = pytest.mark.usefixtures("heeded_signals")
+
 
 def run(fn, capsys) -> tuple[int, list[str]]:
     capsys.readouterr()
@@ -72,7 +76,7 @@ def test_usage_errors_pass_through():
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_signal_becomes_its_exit_code_and_handlers_are_restored(signum, code, capsys, heeded_signals):
+def test_signal_becomes_its_exit_code_and_handlers_are_restored(signum, code, capsys):
     before = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
     reached = []
 

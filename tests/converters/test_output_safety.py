@@ -22,6 +22,10 @@ from cngpt_tf import interrupts
 from cngpt_tf.export import output
 from converters import pt2tf, tf2pt
 
+# Signals are raised in-process: heed them even where the suite was started with them ignored
+# (nohup: SIGHUP; a shell's background job: SIGINT). See conftest.heeded_signals.
+pytestmark = pytest.mark.usefixtures("heeded_signals")
+
 LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
 

@@ -24,6 +24,10 @@ from cngpt_tf import interrupts
 from cngpt_tf.export import convert as library
 from converters import pt2tf
 
+# Signals are raised in-process: heed them even where the suite was started with them ignored
+# (nohup: SIGHUP; a shell's background job: SIGINT). See conftest.heeded_signals.
+pytestmark = pytest.mark.usefixtures("heeded_signals")
+
 REPO = Path(__file__).resolve().parents[2]
 # our log lines, and TensorFlow's native ones (printed at import whatever TF_CPP_MIN_LOG_LEVEL says)
 LOG_LINE = re.compile(r"^((DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: "
@@ -45,7 +49,7 @@ def release(tiny_pt_dir, tmp_path, monkeypatch) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
-def test_signal_mid_conversion_cleans_up(signum, release, tmp_path, capsys, monkeypatch, heeded_signals):
+def test_signal_mid_conversion_cleans_up(signum, release, tmp_path, capsys, monkeypatch):
     archive, tmpdir = release
     during = []
 
