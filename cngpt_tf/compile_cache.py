@@ -119,14 +119,22 @@ def record(folder: Path | None = None) -> None:
     if folder is None:
         return
     try:
+        # Called after every generation: one stat when XLA added or renamed nothing since last time.
+        seen = (str(folder), folder.stat().st_mtime_ns)
+        if _last_recorded.get("folder") == seen:
+            return
         index = _read_index(folder)
         for path in _programs(folder):
             stat = path.stat()
             if index.get(path.name, {}).get("stamp") != _stamp(stat):
                 index[path.name] = {"stamp": _stamp(stat), "sha256": _sha256(path)}
         _write_index(folder, {name: entry for name, entry in index.items() if (folder / name).is_file()})
+        _last_recorded["folder"] = (str(folder), folder.stat().st_mtime_ns)  # after our own index write
     except OSError as e:  # a cache that cannot be written is only slower
         log.debug("XLA compile cache: not recorded: %s", e)
+
+
+_last_recorded: dict = {}  # "folder": (path, the folder's mtime when `record` last finished)
 
 
 def _tidy(folder: Path) -> None:
