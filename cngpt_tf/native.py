@@ -9,13 +9,15 @@ Weights: float32 panels, or reduced precision (`cngpt_tf.quantize` packs them): 
 bytes) or int8 with a float32 scale per block of `quantize.INT8_GROUP` rows and column (about a
 quarter); the products always accumulate in float32. The dtype of the panels picks the mode.
 
-ISAs, chosen at run time (`isa()`, `describe()`): the kernels exist for AVX2 + FMA ("avx2"),
-AVX-512F ("avx512") and AVX512-BF16 ("avx512bf16": bf16 weights by its pair dot product, x rounded
-to bf16; the other modes as "avx512"). The best one the CPU reports is used, except that Intel CPUs
-get "avx512" for bf16 too: on this project's Xeon (Sapphire Rapids class) the dot product ran at 39
-GMAC/s a core against 55 for widening to fp32 (batch 8; batch 1 is bound by memory either way),
-while AMD's Zen 4 runs 512-bit FMAs at half the rate of its dot product. CNGPT_TF_NATIVE_ISA names
-another one the CPU has (tests and benchmarks run every variant on one machine).
+ISAs, chosen at run time for each weight mode (`isa(mode)`, `describe()`): the kernels exist for
+AVX2 + FMA ("avx2"), AVX-512F ("avx512"), AVX512-BF16 ("avx512bf16": bf16 weights by its pair dot
+product, x rounded to bf16; the other modes as "avx512") and AVX512-VNNI ("avx512vnni", with BW and
+VBMI: int8 weights by its byte dot product, x quantised to int8 per row and scale block; the other
+modes as "avx512"). fp32 runs on the best of AVX-512F / AVX2; int8 on VNNI where the CPU has it;
+bf16 on the dot product except on Intel CPUs: on this project's Xeon (Sapphire Rapids class) it ran
+at 39 GMAC/s a core against 55 for widening to fp32 (batch 8; batch 1 is bound by memory either
+way), while AMD's Zen 4 runs 512-bit FMAs at half the rate of its dot product. CNGPT_TF_NATIVE_ISA
+names one the CPU has for every mode (tests and benchmarks run every variant on one machine).
 
 It is an XLA custom call, so it runs only inside `tf.function(jit_compile=True)` on the CPU. The
 generator uses it where `enabled()`; everything else (the conversion check, the SavedModel for TF
@@ -56,6 +58,8 @@ ISAS = {
     "avx2": ({"avx2", "fma"}, ["-mavx2", "-mfma"]),
     "avx512": ({"avx512f"}, ["-mavx512f", "-mfma"]),
     "avx512bf16": ({"avx512f", "avx512_bf16"}, ["-mavx512f", "-mfma", "-mavx512bf16"]),
+    "avx512vnni": ({"avx512f", "avx512bw", "avx512_vnni", "avx512vbmi"},
+                   ["-mavx512f", "-mfma", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi"]),
 }
 ISA_VARIABLE = "CNGPT_TF_NATIVE_ISA"
 MODES = {tf.float32: "fp32", tf.bfloat16: "bf16", tf.int8: "int8"}  # panels' dtype -> the kernel's mode
@@ -90,10 +94,10 @@ def cpu_isas() -> tuple[str, ...]:
     return isas
 
 
-def isa() -> str:
-    """The ISA the kernel runs on: CNGPT_TF_NATIVE_ISA where set (one this CPU has, else
-    ConfigError), else the best this CPU has (on Intel, "avx512" over "avx512bf16": see the module
-    docstring). Read when a product is traced."""
+def isa(mode: str = "fp32") -> str:
+    """The ISA the kernel runs weights of `mode` on: CNGPT_TF_NATIVE_ISA where set (one this CPU
+    has, else ConfigError), else the best this CPU has for the mode (see the module docstring).
+    Read when a product is traced."""
     have = cpu_isas()
     chosen = os.environ.get(ISA_VARIABLE, "")
     if chosen:
@@ -103,9 +107,11 @@ def isa() -> str:
         return chosen
     if not have:
         raise ConfigError("the native kernel needs an AVX2 + FMA or AVX-512F CPU")
-    if have[-1] == "avx512bf16" and _cpu_vendor() == "GenuineIntel":
-        return "avx512"
-    return have[-1]
+    if mode == "int8" and "avx512vnni" in have:
+        return "avx512vnni"
+    if mode == "bf16" and "avx512bf16" in have and _cpu_vendor() != "GenuineIntel":
+        return "avx512bf16"
+    return "avx512" if "avx512" in have else "avx2"
 
 
 def describe() -> str:
@@ -118,11 +124,13 @@ def describe() -> str:
         return "native kernel not used (the CPU has neither AVX2 + FMA nor AVX-512F): XLA's dot"
     if _load() is None:
         return "native kernel not used (it did not build; see the warning logged): XLA's dot"
-    chosen = isa()
-    bf16 = "AVX512-BF16 dot products, x rounded to bf16" if chosen == "avx512bf16" else "widened to fp32"
+    chosen = {mode: isa(mode) for mode in MODES.values()}
+    bf16 = "AVX512-BF16 dot products, x rounded to bf16" if chosen["bf16"] == "avx512bf16" else "widened to fp32"
+    int8 = ("AVX512-VNNI dot products, x quantised to int8 per block" if chosen["int8"] == "avx512vnni"
+            else "widened to fp32")
     forced = f", forced by {ISA_VARIABLE}" if os.environ.get(ISA_VARIABLE) else f", {_cpu_vendor() or 'unknown vendor'}"
-    return (f"native kernel: {chosen} (this CPU: {', '.join(cpu_isas())}{forced}); "
-            f"fp32, bf16 ({bf16}) and int8 (widened to fp32, per-block scales) weights")
+    return (f"native kernel: {chosen['fp32']} (this CPU: {', '.join(cpu_isas())}{forced}); fp32, "
+            f"bf16 on {chosen['bf16']} ({bf16}), int8 on {chosen['int8']} ({int8}, per-block scales) weights")
 
 
 def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | None = None, isa_name: str | None = None):
@@ -155,7 +163,7 @@ def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | N
                              f"{PANEL}] (blocks of {group} rows), got {None if scales is None else scales.shape}")
         operands.append(scales)
     if isa_name is None:
-        isa_name = isa()
+        isa_name = isa(mode)
     elif isa_name not in cpu_isas():
         raise ConfigError(f"panel_matmul: isa_name={isa_name!r}: this CPU runs {', '.join(cpu_isas()) or 'none'}")
     config = f"{rows} {depth} {n} {threads} {isa_name} {mode} {group if mode == 'int8' else 0}"

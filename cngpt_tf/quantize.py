@@ -7,8 +7,9 @@ Modes (`WEIGHT_MODES`), for a weight W [K, N] (a Conv1D's [[w], [b]] or the outp
     pads an odd K). Half of fp32's bytes; relative error <= 2**-8 per weight.
   - "int8": symmetric int8 per block of `group` rows (default `INT8_GROUP`) and column:
     scale = max |W| over the block / 127, q = round(W / scale); panels [P, K, 32] int8 and scales
-    [P, ceil(K / group), 32] float32, the kernel multiplying by float32(q) * scale. With the bias
-    as the extra last row K - 1 and `group` dividing K - 1, the bias is a block of its own: exact.
+    [P, ceil(K / group), 32] float32, the kernel multiplying by float32(q) * scale (on AVX512-VNNI,
+    x quantised the same way per row and block: csrc/kernels_avx512vnni.cc). With the bias as the
+    extra last row K - 1 and `group` dividing K - 1, the bias is a block of its own: exact.
 `dequantize` gives back the float32 weights the kernel multiplies by: the reference of the tests.
 Everything is vectorised NumPy; benchmarks/precision.py reports the seconds for GPT-12L-CN's shape.
 """

@@ -21,6 +21,9 @@ enum PanelMode { kFp32 = 0, kBf16 = 1, kInt8 = 2 };
 struct PanelJob {
   const float* x;           // [M, K]
   const uint32_t* x_pairs;  // bf16 by dot products only: x rounded to bf16, in pairs [M, ceil(K / 2)]
+  const int8_t* x_int8;     // int8 by VNNI only (cngpt_int8_rows): x quantised per row and block of
+  const float* x_scales;    //   `group`: q [M, blocks, group rounded up to 4], scales [M, blocks] and
+  const int32_t* x_offsets; //   128 * the sum of each block's q [M, blocks]
   const void* w;            // the panels, as the mode stores them
   const float* scales;      // int8 only
   float* out;               // [M, N]
@@ -32,8 +35,12 @@ extern "C" {
 void cngpt_panels_avx2(const PanelJob* job, int p0, int p1);        // AVX2 + FMA: every mode
 void cngpt_panels_avx512(const PanelJob* job, int p0, int p1);      // AVX-512F: every mode
 void cngpt_panels_avx512bf16(const PanelJob* job, int p0, int p1);  // AVX512-BF16: bf16 only
+void cngpt_panels_avx512vnni(const PanelJob* job, int p0, int p1);  // AVX512-VNNI (+ BW, VBMI): int8 only
 // x [M, K] -> bf16 pairs [M, ceil(K / 2)], rounded to nearest even, zero past K (AVX512-BF16).
 void cngpt_bf16_pairs(const float* x, int M, int K, uint32_t* out);
+// x [M, K] -> int8 per row and block of `group` columns: q = round(x / max |x| * 127), scale =
+// max |x| / 127 (NaN where the block holds a NaN or an infinity), offset = 128 * sum q (AVX512-VNNI).
+void cngpt_int8_rows(const float* x, int M, int K, int group, int8_t* q, float* scales, int32_t* offsets);
 }
 
 #endif  // CNGPT_TF_PANEL_JOB_H_

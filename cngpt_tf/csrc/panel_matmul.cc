@@ -10,9 +10,10 @@
 // Operands (default row-major layouts): x [M, K] f32, the panels, and for int8 the scales.
 // Result: [M, N] f32.
 // Opaque (the custom call's backend_config): "M K N threads isa mode group", where isa is avx2,
-// avx512 or avx512bf16 (the kernel file to run: kernels_<isa>.cc; avx512bf16 differs from avx512
-// only for bf16 weights), mode is fp32, bf16 or int8, and group is int8's rows per scale block.
-// Only "M K N threads" is required: the defaults are the best ISA this CPU has, fp32, 0.
+// avx512, avx512bf16 or avx512vnni (the kernel file to run: kernels_<isa>.cc; avx512bf16 differs
+// from avx512 only for bf16 weights, avx512vnni only for int8), mode is fp32, bf16 or int8, and
+// group is int8's rows per scale block.
+// Only "M K N threads" is required: the defaults are AVX-512F (AVX2 where the CPU lacks it), fp32, 0.
 // This file is built without ISA flags, so that loading it is safe on any x86-64 CPU; the kernels
 // run only for ISAs the CPU reports (a weaker one is used otherwise). Built and loaded by
 // cngpt_tf/native.py.
@@ -35,7 +36,7 @@
 
 namespace {
 
-enum IsaBit { kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 4 };
+enum IsaBit { kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 4, kAvx512Vnni = 8 };
 
 int cpu_isas() {
   static const int isas = [] {
@@ -44,6 +45,9 @@ int cpu_isas() {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) bits |= kAvx2;
     if (__builtin_cpu_supports("avx512f")) bits |= kAvx512;
     if ((bits & kAvx512) && __builtin_cpu_supports("avx512bf16")) bits |= kAvx512Bf16;
+    if ((bits & kAvx512) && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
+        __builtin_cpu_supports("avx512vbmi"))
+      bits |= kAvx512Vnni;
     return bits;
   }();
   return isas;
@@ -54,8 +58,9 @@ int choose_isa(const char* name) {
   int isa = std::strcmp(name, "avx2") == 0         ? kAvx2
             : std::strcmp(name, "avx512") == 0     ? kAvx512
             : std::strcmp(name, "avx512bf16") == 0 ? kAvx512Bf16
-                                                   : kAvx512Bf16;  // none named: the best
-  while (isa && !(cpu_isas() & isa)) isa >>= 1;
+            : std::strcmp(name, "avx512vnni") == 0 ? kAvx512Vnni
+                                                   : kAvx512;  // none named
+  while (isa && !(cpu_isas() & isa)) isa >>= 1;  // VNNI, BF16 and AVX-512F's kernels share the rest
   return isa;
 }
 
@@ -153,7 +158,8 @@ void* result_buffer(void* out) {
 
 extern "C" {
 
-// The ISAs this CPU runs, as bits: 1 AVX2 + FMA, 2 AVX-512F, 4 AVX512-BF16 (cngpt_tf.native asks).
+// The ISAs this CPU runs, as bits: 1 AVX2 + FMA, 2 AVX-512F, 4 AVX512-BF16, 8 AVX512-VNNI with BW
+// and VBMI (cngpt_tf.native asks).
 int cngpt_native_isas() { return cpu_isas(); }
 
 void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, void*) {
@@ -171,8 +177,12 @@ void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, 
     if (job.group <= 0) job.group = K;
   }
   int isa = choose_isa(isa_name);
-  if (isa == kAvx512Bf16 && job.mode != kBf16) isa = kAvx512;  // the same kernels as AVX-512F
-  void (*kernel)(const PanelJob*, int, int) = isa == kAvx512Bf16 ? cngpt_panels_avx512bf16
+  // int32 sums of a block must not overflow: group * 255 * 128 < 2**31
+  const bool vnni_fits = job.mode == kInt8 && job.group <= (1 << 16);
+  if ((isa == kAvx512Bf16 && job.mode != kBf16) || (isa == kAvx512Vnni && !vnni_fits))
+    isa = kAvx512;  // the same kernels as AVX-512F
+  void (*kernel)(const PanelJob*, int, int) = isa == kAvx512Vnni   ? cngpt_panels_avx512vnni
+                                              : isa == kAvx512Bf16 ? cngpt_panels_avx512bf16
                                               : isa == kAvx512   ? cngpt_panels_avx512
                                               : isa == kAvx2     ? cngpt_panels_avx2
                                                                  : nullptr;
@@ -186,6 +196,17 @@ void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, 
     pairs.resize(static_cast<size_t>(M) * ((K + 1) / 2));
     cngpt_bf16_pairs(job.x, M, K, pairs.data());
     job.x_pairs = pairs.data();
+  }
+  if (isa == kAvx512Vnni) {  // x quantised once, shared by every thread
+    const size_t blocks = (K + job.group - 1) / job.group, group4 = (job.group + 3) / 4 * 4;
+    thread_local std::vector<int8_t> q;
+    thread_local std::vector<float> scales;
+    thread_local std::vector<int32_t> offsets;
+    q.resize(M * blocks * group4);
+    scales.resize(M * blocks);
+    offsets.resize(M * blocks);
+    cngpt_int8_rows(job.x, M, K, job.group, q.data(), scales.data(), offsets.data());
+    job.x_int8 = q.data(), job.x_scales = scales.data(), job.x_offsets = offsets.data();
   }
   const int n_panels = (N + kPanel - 1) / kPanel;
   auto work = [&](int t, int n) {  // contiguous runs of panels, one per thread
