@@ -1,8 +1,9 @@
 """Every notebook in notebooks/ runs top to bottom, is committed without outputs, and draws Chinese.
 
-Each notebook is copied to a temporary folder and executed there with nbclient (kernel python3), so
-what it writes (the demo model, the fine-tuned model) lands in the temporary folder; the demo zip
-cache goes there too. Chinese plot labels need a CJK font: without one the notebooks still run but
+Each notebook is copied to one temporary folder, shared by all of them, and executed there with
+nbclient (kernel python3), in name order, so what they write (the demo model, the fine-tuned model)
+lands in that folder: 02 finds the demo model 01 converted and skips converting it again, as it would
+beside 01 in a user's checkout (run alone, it converts it). The demo zip cache goes there too. Chinese plot labels need a CJK font: without one the notebooks still run but
 draw boxes, which fails the test in CI (where the font is installed) and only warns elsewhere.
 """
 
@@ -41,16 +42,21 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cngpt_cache")  # the demo zip is built once for all notebooks
 
 
+@pytest.fixture(scope="module")
+def notebook_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("notebooks")  # beside each other, as in the repository
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path, cache_dir, monkeypatch):
+def test_notebook_runs(path, notebook_dir, cache_dir, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("CNGPT_CACHE", str(cache_dir))  # the kernel inherits this environment
-    work = tmp_path / path.name
+    work = notebook_dir / path.name
     shutil.copyfile(path, work)
     nb = nbformat.read(work, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+                                     resources={"metadata": {"path": str(notebook_dir)}})
     try:
         client.execute()  # raises CellExecutionError, naming the cell, on any error
     finally:

@@ -39,38 +39,42 @@ struct Int8Rows {  // x quantised by cngpt_int8_rows, for one tile's first row
 
 template <int R>
 struct VnniTile {
+  // acc[r] += the products of rows k .. k + 3 (interleaved in w_lo, w_hi) with x's row r there
+  [[gnu::always_inline]] static inline void quad(__m512i (&acc)[R][2], __m512i w_lo, __m512i w_hi, const Int8Rows& x,
+                                                 ptrdiff_t at) {
+    for (int r = 0; r < R; ++r) {
+      int32_t four;
+      __builtin_memcpy(&four, x.q + static_cast<size_t>(r) * x.stride_q + at, 4);
+      const __m512i xr = _mm512_set1_epi32(four);
+      acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w_lo, xr);
+      acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w_hi, xr);
+    }
+  }
+
   static void run(const TileArgs& a, const Int8Rows& x) {
     const __m512i lo_index = interleave_index(0), hi_index = interleave_index(16);
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     const int8_t* panel = static_cast<const int8_t*>(a.panel);
     for (int b = 0, k0 = 0; b < x.blocks; ++b, k0 += a.group) {
       const int k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
+      const ptrdiff_t first = static_cast<ptrdiff_t>(b) * x.group4 - k0;  // x.q offset of row k: first + k
       __m512i acc[R][2];
       for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
-      for (int k = k0; k < k1; k += 4) {
+      int k = k0;
+      for (; k + 4 <= k1; k += 4) {
         const int8_t* w = panel + static_cast<size_t>(k) * kPanel;
         prefetch_ahead(w);
-        __m512i rows01, rows23;
-        if (k + 4 <= k1) {
-          rows01 = _mm512_loadu_si512(w);
-          rows23 = _mm512_loadu_si512(w + 2 * kPanel);
-        } else {  // the block's last 1-3 rows: never read past them (past the last panel's end)
-          const int left = k1 - k;
-          const __mmask64 first = left >= 2 ? ~0ull : 0xFFFFFFFFull;
-          const __mmask64 second = left == 3 ? 0xFFFFFFFFull : 0;
-          rows01 = _mm512_maskz_loadu_epi8(first, w);
-          rows23 = _mm512_maskz_loadu_epi8(second, w + 2 * kPanel);
-        }
-        const __m512i w_lo = _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, lo_index, rows23), flip);
-        const __m512i w_hi = _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, hi_index, rows23), flip);
-        const int at = b * x.group4 + (k - k0);
-        for (int r = 0; r < R; ++r) {
-          int32_t four;
-          __builtin_memcpy(&four, x.q + static_cast<size_t>(r) * x.stride_q + at, 4);
-          const __m512i xr = _mm512_set1_epi32(four);
-          acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w_lo, xr);
-          acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w_hi, xr);
-        }
+        const __m512i rows01 = _mm512_loadu_si512(w), rows23 = _mm512_loadu_si512(w + 2 * kPanel);
+        quad(acc, _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, lo_index, rows23), flip),
+             _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, hi_index, rows23), flip), x, first + k);
+      }
+      if (k < k1) {  // the block's last 1-3 rows: never read past them (past the last panel's end)
+        const int8_t* w = panel + static_cast<size_t>(k) * kPanel;
+        const __mmask64 first_two = k1 - k >= 2 ? ~0ull : 0xFFFFFFFFull, last_two = k1 - k == 3 ? 0xFFFFFFFFull : 0;
+        const __m512i rows01 = _mm512_maskz_loadu_epi8(first_two, w);
+        const __m512i rows23 = _mm512_maskz_loadu_epi8(last_two, w + 2 * kPanel);
+        quad(acc, _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, lo_index, rows23), flip),
+             _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, hi_index, rows23), flip), x, first + k);
       }
       // out (+)= float(acc - 128 * sum q_x) * scale_w * scale_x; the first block stores
       const __m512 s_lo = _mm512_loadu_ps(a.scales + b * kPanel), s_hi = _mm512_loadu_ps(a.scales + b * kPanel + 16);
