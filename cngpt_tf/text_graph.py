@@ -81,7 +81,7 @@ class TextGraph(tf.Module):
         self._wordlike_runs = tf.constant(wordlike)  # [R'] bool: is_wordlike of that run
         self._decode_init(vocab_tokens)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)], autograph=False)
     def encode(self, text, max_tokens):
         """text [B] -> (input_ids int32 [B, T], attention_mask int32 [B, T]), left-padded with [PAD].
 
@@ -131,13 +131,13 @@ class TextGraph(tf.Module):
         input_ids = tf.where(valid, tf.gather(dense, tf.maximum(src, 0), batch_dims=1), self._pad)
         return input_ids, tf.cast(valid, tf.int32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)], autograph=False)
     def decode(self, ids, eos_id):
         """ids [B, N] -> text [B]: `ChineseTokenizer.decode`, also ending at the first `eos_id`."""
         return self._decode(ids, eos_id)[0]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.int32),
-                                  tf.TensorSpec([], tf.int32)])
+                                  tf.TensorSpec([], tf.int32)], autograph=False)
     def continue_text(self, text, new_ids, eos_id):
         """text [B] (the requests as sent), new_ids [B, N] -> [B]: each text byte for byte (bytes that
         are not UTF-8 become U+FFFD), then the decode of its new tokens, joined by

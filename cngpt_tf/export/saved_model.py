@@ -78,7 +78,7 @@ class GPT2Module(tf.Module):
         self.params = {name: tf.Variable(value, trainable=False, name=name) for name, value in packed.items()}
         self.vocab = tf.saved_model.Asset(str(vocab))
 
-    @tf.function(input_signature=[IDS_SPEC, MASK_SPEC])
+    @tf.function(input_signature=[IDS_SPEC, MASK_SPEC], autograph=False)
     def logits(self, input_ids, attention_mask):
         return {"logits": model.logits(self.params, self.config, input_ids, attention_mask)}
 
@@ -106,9 +106,9 @@ class GenerationModule(GPT2Module):
             self._decode_poem = compile_decoder(self.params, config, sampler, PoemConstraint.from_inputs)
             self._poems = PoemTables(tokens, config.eos_token_id)
             self.poem = tf.function(self._poem, input_signature=[TEXT_SPEC, FORM_SPEC, ACROSTIC_SPEC,
-                                                                 RHYME_SPEC, SEED_SPEC])
+                                                                 RHYME_SPEC, SEED_SPEC], autograph=False)
 
-    @tf.function(input_signature=[IDS_SPEC, MASK_SPEC])
+    @tf.function(input_signature=[IDS_SPEC, MASK_SPEC], autograph=False)
     def generate_ids(self, input_ids, attention_mask):
         def generate():
             with tf.control_dependencies(check_prompts(input_ids, attention_mask, self.config.n_vocab)):
@@ -123,11 +123,11 @@ class GenerationModule(GPT2Module):
 
         return {"sequences": tf.cond(tf.shape(input_ids)[0] > 0, generate, empty)}
 
-    @tf.function(input_signature=[TEXT_SPEC])
+    @tf.function(input_signature=[TEXT_SPEC], autograph=False)
     def generate_text(self, text):
         return {"generated_text": self._generate_text(text, self._seed)}
 
-    @tf.function(input_signature=[TEXT_SPEC, SEED_SPEC])
+    @tf.function(input_signature=[TEXT_SPEC, SEED_SPEC], autograph=False)
     def generate_text_seeded(self, text, seed):
         return {"generated_text": self._generate_text(text, _request_seed(seed))}
 
@@ -212,15 +212,17 @@ def export_saved_model(folder: str | Path, pt_tensors, config: GPT2Config, vocab
         module = GPT2Module(config, pt_tensors, vocab)
     else:
         module = GenerationModule(config, pt_tensors, vocab, generation, do_lower_case=do_lower_case)
-    signatures = {"logits": module.logits.get_concrete_function()}
+    # The functions themselves, not their concrete functions: saving traces them again anyway (its
+    # save context is part of the trace cache's key), so tracing them before would double the time.
+    signatures = {"logits": module.logits}
     with tempfile.TemporaryDirectory() as tmp:
         if generation is not None:
-            signatures["serving_default"] = module.generate_text.get_concrete_function()
-            signatures["generate_ids"] = module.generate_ids.get_concrete_function()
+            signatures["serving_default"] = module.generate_text
+            signatures["generate_ids"] = module.generate_ids
             if module.has_poem:
-                signatures["poem"] = module.poem.get_concrete_function()
+                signatures["poem"] = module.poem
             if module.generation.do_sample:
-                signatures["serving_seeded"] = module.generate_text_seeded.get_concrete_function()
+                signatures["serving_seeded"] = module.generate_text_seeded
             path = Path(tmp) / "generation_config.json"
             module.generation.to_json_file(path, pad_token_id=config.pad_token_id,
                                            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id)

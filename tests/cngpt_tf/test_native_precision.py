@@ -232,6 +232,21 @@ def test_int8_rows_at_the_float_limits(isa):
 
 
 @needs_kernel
+def test_vnni_leaves_blocks_its_int32_sums_could_overflow_to_the_widening_kernel():
+    # 255 * 128 * group must stay below 2**31: blocks of more than 65,536 rows run widened, exactly
+    if "avx512vnni" not in native.cpu_isas():
+        pytest.skip("this CPU lacks avx512vnni")
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.standard_normal((3, 70)).astype(np.float32))
+    packed = {k: tf.constant(v) for k, v in quantize.pack(rng.standard_normal((70, 40)).astype(np.float32),
+                                                           "int8", 1 << 17).items()}
+    run = {isa: tf.function(lambda x, isa=isa: native.panel_matmul(x, packed["panels"], 40, 1, packed["scales"],
+                                                                   group=1 << 17, isa_name=isa), jit_compile=True)
+           for isa in ("avx512", "avx512vnni")}
+    np.testing.assert_array_equal(run["avx512vnni"](x).numpy(), run["avx512"](x).numpy())
+
+
+@needs_kernel
 @pytest.mark.parametrize("isa", list(native.ISAS))
 def test_fp32_is_one_fused_multiply_add_chain_per_output_on_every_isa(isa):
     # The float32 kernel (as before bf16 and int8 existed) adds x[k] * W[k] with one rounding each,
