@@ -98,9 +98,8 @@ def test_two_workers_train_as_one_process_and_resume_together(tmp_path, converte
     model = without_dropout(converted, tmp_path / "model")
     (tmp_path / "tmp").mkdir()
     flags = [f"--{k}={v}" for k, v in SETTINGS.items()]
-    # The reference: one plain process (on the CPU too, in float32 like the workers), 8 steps.
-    run_processes(tmp_path, "one", [{}], [str(model), str(corpus), str(tmp_path / "one"), *flags, "--max_steps=8",
-                                          "--no_export"])
+    # The reference: one plain process, this one (on the CPU too, in float32 like the workers), 8 steps.
+    assert main([str(model), str(corpus), str(tmp_path / "one"), *flags, "--max_steps=8", "--no_export", "--quiet"]) == 0
     reference = read_report(tmp_path / "one")
     assert (reference["strategy"], reference["num_replicas"], len(reference["losses"])) == ("auto", 1, 8)
     out = tmp_path / "two"
