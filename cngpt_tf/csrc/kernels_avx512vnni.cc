@@ -42,6 +42,7 @@ struct VnniTile {
   // acc[r] += the products of rows k .. k + 3 (interleaved in w_lo, w_hi) with x's row r there
   [[gnu::always_inline]] static inline void quad(__m512i (&acc)[R][2], __m512i w_lo, __m512i w_hi, const Int8Rows& x,
                                                  ptrdiff_t at) {
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       int32_t four;
       __builtin_memcpy(&four, x.q + static_cast<size_t>(r) * x.stride_q + at, 4);
@@ -59,18 +60,16 @@ struct VnniTile {
       const int k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
       const ptrdiff_t first = static_cast<ptrdiff_t>(b) * x.group4 - k0;  // x.q offset of row k: first + k
       __m512i acc[R][2];
+#pragma GCC unroll 16
       for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
-      int k = k0;
-      for (; k + 4 <= k1; k += 4) {
+      for (int k = k0; k < k1; k += 4) {
+        // rows k .. k + 3, masked where the block ends first: never read past its last row (past the
+        // last panel's end); a masked load costs what a plain one does
         const int8_t* w = panel + static_cast<size_t>(k) * kPanel;
         prefetch_ahead(w);
-        const __m512i rows01 = _mm512_loadu_si512(w), rows23 = _mm512_loadu_si512(w + 2 * kPanel);
-        quad(acc, _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, lo_index, rows23), flip),
-             _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, hi_index, rows23), flip), x, first + k);
-      }
-      if (k < k1) {  // the block's last 1-3 rows: never read past them (past the last panel's end)
-        const int8_t* w = panel + static_cast<size_t>(k) * kPanel;
-        const __mmask64 first_two = k1 - k >= 2 ? ~0ull : 0xFFFFFFFFull, last_two = k1 - k == 3 ? 0xFFFFFFFFull : 0;
+        const int left = k1 - k;
+        const __mmask64 first_two = left >= 2 ? ~0ull : 0xFFFFFFFFull;
+        const __mmask64 last_two = left >= 4 ? ~0ull : left == 3 ? 0xFFFFFFFFull : 0ull;
         const __m512i rows01 = _mm512_maskz_loadu_epi8(first_two, w);
         const __m512i rows23 = _mm512_maskz_loadu_epi8(last_two, w + 2 * kPanel);
         quad(acc, _mm512_xor_si512(_mm512_permutex2var_epi8(rows01, lo_index, rows23), flip),
@@ -78,6 +77,7 @@ struct VnniTile {
       }
       // out (+)= float(acc - 128 * sum q_x) * scale_w * scale_x; the first block stores
       const __m512 s_lo = _mm512_loadu_ps(a.scales + b * kPanel), s_hi = _mm512_loadu_ps(a.scales + b * kPanel + 16);
+#pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const size_t at = static_cast<size_t>(r) * x.blocks + b;
         const __m512i offset = _mm512_set1_epi32(x.offset[at]);
