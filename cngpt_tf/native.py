@@ -7,7 +7,8 @@ matrix-vector code at batch 1 too (benchmarks/generation.py measures both paths)
 
 Weights: float32 panels, or reduced precision (`cngpt_tf.quantize` packs them): bfloat16 (half the
 bytes) or int8 with a float32 scale per block of `quantize.INT8_GROUP` rows and column (about a
-quarter); the products always accumulate in float32. The dtype of the panels picks the mode.
+quarter); the sums are float32 (on AVX512-VNNI, int8 sums each scale block exactly in int32 first).
+The dtype of the panels picks the mode.
 
 ISAs, chosen at run time for each weight mode (`isa(mode)`, `describe()`): the kernels exist for
 AVX2 + FMA ("avx2"), AVX-512F ("avx512"), AVX512-BF16 ("avx512bf16": bf16 weights by its pair dot
