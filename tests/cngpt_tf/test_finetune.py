@@ -142,9 +142,9 @@ def test_finetune_lowers_perplexity_and_exports_verified_formats(tmp_path, conve
     from transformers import GPT2LMHeadModel
 
     out = tmp_path / "ft"
-    result = finetune(converted, corpus, out, max_steps=300, **TINY)
+    result = finetune(converted, corpus, out, max_steps=120, **TINY)
     assert result.perplexity_after < 0.9 * result.perplexity_before
-    assert (result.first_step, result.last_step, len(result.losses)) == (0, 300, 300)
+    assert (result.first_step, result.last_step, len(result.losses)) == (0, 120, 120)
     assert np.mean(result.losses[-20:]) < np.mean(result.losses[:20])
     assert result.steps_per_second > 0
 
@@ -163,7 +163,7 @@ def test_finetune_lowers_perplexity_and_exports_verified_formats(tmp_path, conve
     assert (out / "pytorch" / "vocab.txt").read_bytes() == (converted / "tf2" / "vocab.txt").read_bytes()
     assert any((out / "logs").rglob("events.out.tfevents.*"))
     saved = json.loads((out / "finetune_report.json").read_text(encoding="utf-8"))
-    assert saved["last_step"] == 300 and saved["perplexity_after"] == pytest.approx(result.perplexity_after)
+    assert saved["last_step"] == 120 and saved["perplexity_after"] == pytest.approx(result.perplexity_after)
     assert saved["losses"] == result.losses
     assert (saved["strategy"], saved["num_workers"], saved["num_replicas"], saved["chief"]) == ("auto", 1, 1, True)
 
