@@ -3,8 +3,9 @@
 Each notebook is copied to one temporary folder, shared by all of them, and executed there with
 nbclient (kernel python3), in name order, so what they write (the demo model, the fine-tuned model)
 lands in that folder: 02 finds the demo model 01 converted and skips converting it again, as it would
-beside 01 in a user's checkout (run alone, it converts it). The demo zip cache goes there too. Chinese plot labels need a CJK font: without one the notebooks still run but
-draw boxes, which fails the test in CI (where the font is installed) and only warns elsewhere.
+beside 01 in a user's checkout (run alone, it converts it). The demo zip cache goes there too.
+Chinese plot labels need a CJK font: without one the notebooks still run but draw boxes, which fails
+the test in CI (where the font is installed) and only warns elsewhere.
 """
 
 from __future__ import annotations

@@ -24,11 +24,10 @@ struct DotTile {
         acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, xr);
       }
     }
-    const __mmask16 lo = a.cols >= 16 ? 0xFFFF : (1u << a.cols) - 1;
-    const __mmask16 hi = a.cols >= 32 ? 0xFFFF : a.cols <= 16 ? 0 : (1u << (a.cols - 16)) - 1;
+    const HalfMasks m = half_masks(a.cols);
     for (int r = 0; r < R; ++r) {
-      _mm512_mask_storeu_ps(a.out + static_cast<size_t>(r) * a.N, lo, acc[r][0]);
-      _mm512_mask_storeu_ps(a.out + static_cast<size_t>(r) * a.N + 16, hi, acc[r][1]);
+      _mm512_mask_storeu_ps(a.out + static_cast<size_t>(r) * a.N, m.lo, acc[r][0]);
+      _mm512_mask_storeu_ps(a.out + static_cast<size_t>(r) * a.N + 16, m.hi, acc[r][1]);
     }
   }
 };

@@ -42,7 +42,7 @@ struct VnniTile {
   // acc[r] += the products of rows k .. k + 3 (interleaved in w_lo, w_hi) with x's row r there
   [[gnu::always_inline]] static inline void quad(__m512i (&acc)[R][2], __m512i w_lo, __m512i w_hi, const Int8Rows& x,
                                                  ptrdiff_t at) {
-#pragma GCC unroll 16
+    CNGPT_UNROLL
     for (int r = 0; r < R; ++r) {
       int32_t four;
       __builtin_memcpy(&four, x.q + static_cast<size_t>(r) * x.stride_q + at, 4);
@@ -60,7 +60,7 @@ struct VnniTile {
       const int k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
       const ptrdiff_t first = static_cast<ptrdiff_t>(b) * x.group4 - k0;  // x.q offset of row k: first + k
       __m512i acc[R][2];
-#pragma GCC unroll 16
+      CNGPT_UNROLL
       for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
       for (int k = k0; k < k1; k += 4) {
         // rows k .. k + 3, masked where the block ends first: never read past its last row (past the
@@ -77,7 +77,8 @@ struct VnniTile {
       }
       // out (+)= float(acc - 128 * sum q_x) * scale_w * scale_x; the first block stores
       const __m512 s_lo = _mm512_loadu_ps(a.scales + b * kPanel), s_hi = _mm512_loadu_ps(a.scales + b * kPanel + 16);
-#pragma GCC unroll 16
+      const HalfMasks m = half_masks(a.cols);
+      CNGPT_UNROLL
       for (int r = 0; r < R; ++r) {
         const size_t at = static_cast<size_t>(r) * x.blocks + b;
         const __m512i offset = _mm512_set1_epi32(x.offset[at]);
@@ -86,15 +87,13 @@ struct VnniTile {
         const __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], offset));
         const __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], offset));
         const __m512 scale_lo = _mm512_mul_ps(s_lo, sx), scale_hi = _mm512_mul_ps(s_hi, sx);
-        const __mmask16 m_lo = a.cols >= 16 ? 0xFFFF : (1u << a.cols) - 1;
-        const __mmask16 m_hi = a.cols >= 32 ? 0xFFFF : a.cols <= 16 ? 0 : (1u << (a.cols - 16)) - 1;
         __m512 t_lo = _mm512_mul_ps(lo, scale_lo), t_hi = _mm512_mul_ps(hi, scale_hi);
         if (b > 0) {
-          t_lo = _mm512_add_ps(_mm512_maskz_loadu_ps(m_lo, o), t_lo);
-          t_hi = _mm512_add_ps(_mm512_maskz_loadu_ps(m_hi, o + 16), t_hi);
+          t_lo = _mm512_add_ps(_mm512_maskz_loadu_ps(m.lo, o), t_lo);
+          t_hi = _mm512_add_ps(_mm512_maskz_loadu_ps(m.hi, o + 16), t_hi);
         }
-        _mm512_mask_storeu_ps(o, m_lo, t_lo);
-        _mm512_mask_storeu_ps(o + 16, m_hi, t_hi);
+        _mm512_mask_storeu_ps(o, m.lo, t_lo);
+        _mm512_mask_storeu_ps(o + 16, m.hi, t_hi);
       }
     }
   }
