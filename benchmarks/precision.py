@@ -5,6 +5,7 @@ them) is benchmarks/accuracy.py's.
     python benchmarks/precision.py                          # every part
     python benchmarks/precision.py --parts speed --batch 1 8 --rounds 5
     python benchmarks/precision.py --parts speed --isa avx2 avx512   # kernel variants as extra contenders
+    python benchmarks/precision.py --parts speed --xla_attention     # + each with XLA's attention
 
 Parts:
   probe     the machine's read bandwidth: a NumPy sum over a 1 GiB float32 array on 2 threads, best of 5
@@ -44,6 +45,7 @@ from cngpt_tf.config import GPT2Config  # noqa: E402
 from cngpt_tf.demo import demo_weights  # noqa: E402
 
 MODES = ("fp32", "bf16", "int8")
+ATTENTION_VARIABLE = "CNGPT_TF_NATIVE_ATTENTION"  # "0": decode steps' attention by XLA (cngpt_tf.model)
 BUSY = 0.5  # 1-minute load average at or above which a timing on 2 cores is not trusted
 
 
@@ -201,13 +203,17 @@ def speed(args, config, weights) -> None:
     contenders = {}
     for mode in args.modes:
         packed, _ = pack(weights, config, mode)
-        for isa in [None] + list(args.isa):  # the variable is read when a runner traces (its first run)
+        for isa in [None] + list(args.isa):  # the variables are read when a runner traces (its first run)
             label = f"{mode}" + (f" ({isa})" if isa else "")
+            env = {native.ISA_VARIABLE: isa}
             runner = greedy_runner(packed, config)
             floor = floor_runner(packed, config) if not args.no_floor else None
-            contenders[f"cngpt_tf {label}"] = (_traced_with(runner, isa), step_bytes(packed))
+            contenders[f"cngpt_tf {label}"] = (_traced_with(runner, env), step_bytes(packed))
+            if args.xla_attention:
+                contenders[f"cngpt_tf {label}, XLA attention"] = (
+                    _traced_with(greedy_runner(packed, config), {**env, ATTENTION_VARIABLE: "0"}), step_bytes(packed))
             if floor is not None:
-                contenders[f"floor {label}"] = (_traced_with(floor, isa), step_bytes(packed))
+                contenders[f"floor {label}"] = (_traced_with(floor, env), step_bytes(packed))
         del packed
     rows = []
     for batch in args.batch:
@@ -224,20 +230,20 @@ def speed(args, config, weights) -> None:
               "timed rounds: these timings are unreliable; rerun on an idle machine")
 
 
-def _traced_with(run, isa):
-    """run, with CNGPT_TF_NATIVE_ISA set to `isa` (or unset) around each call: the first call traces."""
-    from cngpt_tf import native
+def _traced_with(run, env: dict):
+    """run, with the environment variables `env` set (None: unset) around each call: the first call
+    traces, and tracing reads them."""
 
     def wrapped(ids):
-        saved = os.environ.pop(native.ISA_VARIABLE, None)
-        if isa is not None:
-            os.environ[native.ISA_VARIABLE] = isa
+        saved = {name: os.environ.pop(name, None) for name in env}
+        os.environ.update({name: value for name, value in env.items() if value is not None})
         try:
             return run(ids)
         finally:
-            os.environ.pop(native.ISA_VARIABLE, None)
-            if saved is not None:
-                os.environ[native.ISA_VARIABLE] = saved
+            for name, value in saved.items():
+                os.environ.pop(name, None)
+                if value is not None:
+                    os.environ[name] = value
 
     return wrapped
 
@@ -263,6 +269,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5, help="timed runs per contender (median reported)")
     parser.add_argument("--isa", nargs="*", default=[], help="kernel variants to add as contenders (e.g. avx2)")
+    parser.add_argument("--xla_attention", action="store_true",
+                        help="add each contender with its decode steps' attention by XLA instead of the kernel")
     parser.add_argument("--no_floor", action="store_true", help="skip the weight-products-only rows")
     args = parser.parse_args(argv)
 

@@ -178,11 +178,16 @@ def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index
     Writing into a cache needs XLA (`tf.function(jit_compile=True)`): it is an XLA dynamic-update-slice.
     """
     x = embed(params, input_ids) + tf.gather(params["model/wpe"], positions)  # [B, T, E]
-    bias = _attention_bias(shape_of(input_ids)[1], key_mask, cache_index, x.dtype)  # [B, 1, T, S]
+    n_new = shape_of(input_ids)[1]
+    decode_step = cache is not None and isinstance(n_new, int) and n_new == 1  # n_new: static where known
+    if decode_step and native_attention(params):  # the kernel reads key_mask [B, S] itself
+        mask = key_mask
+    else:
+        mask = _attention_bias(n_new, key_mask, cache_index, x.dtype)  # [B, 1, T, S]
     new_cache = []
     for i in range(config.n_layer):
         layer_cache = None if cache is None else cache[i]
-        x, layer_cache = block(params, f"model/h{i}", config, x, layer_cache, cache_index, bias)
+        x, layer_cache = block(params, f"model/h{i}", config, x, layer_cache, cache_index, mask)
         new_cache.append(layer_cache)
     x = layer_norm(x, params["model/ln_f/g"], params["model/ln_f/b"], config.layer_norm_epsilon)
     return x, tuple(new_cache)
@@ -219,20 +224,24 @@ def lm_head(params, config: GPT2Config, hidden):
     return _panel_product(hidden, params["model/wte/panels"], config.n_vocab, params.get("model/wte/scales"))
 
 
-def block(params, scope, config, x, layer_cache, cache_index, bias):
+def block(params, scope, config, x, layer_cache, cache_index, mask):
     """One transformer block (pre-LN): x + attn(ln_1(x)), then + mlp(ln_2(.))."""
     eps = config.layer_norm_epsilon
     a, layer_cache = attention(
         params, f"{scope}/attn", config, layer_norm(x, params[f"{scope}/ln_1/g"], params[f"{scope}/ln_1/b"], eps),
-        layer_cache, cache_index, bias,
+        layer_cache, cache_index, mask,
     )
     x = x + a
     m = mlp(params, f"{scope}/mlp", layer_norm(x, params[f"{scope}/ln_2/g"], params[f"{scope}/ln_2/b"], eps))
     return x + m, layer_cache
 
 
-def attention(params, scope, config, x, layer_cache, cache_index, bias):
-    """Causal self-attention over the cache. x [B, T, E]; layer_cache (keys, values), each [B * H, S, D]."""
+def attention(params, scope, config, x, layer_cache, cache_index, mask):
+    """Causal self-attention over the cache. x [B, T, E]; layer_cache (keys, values), each [B * H, S, D].
+
+    mask: the bias [B, 1, T, S] `_attention_bias` makes, or for a decode step by the native kernel
+    (T = 1, `native_attention`) the key_mask [B, S] itself: the kernel reads only slots <= cache_index.
+    """
     qkv = conv1d(params, f"{scope}/c_attn", x)  # [B, T, 3E]
     q, k, v = (split_heads(t, config.n_head) for t in tf.split(qkv, 3, axis=-1))  # [B * H, T, D] each
     if layer_cache is None:  # no cache: attend over this call's tokens only (cache_index must be 0)
@@ -240,12 +249,23 @@ def attention(params, scope, config, x, layer_cache, cache_index, bias):
     else:  # write this call's K/V at cache_index; under XLA an in-place update of the buffers
         start = tf.stack([0, tf.cast(cache_index, tf.int32), 0])
         keys, values = (dynamic_update_slice(old, new, start) for old, new in zip(layer_cache, (k, v)))
+    if mask.shape.rank == 2:  # the kernel: [B * H, D] queries of the one new token
+        out = native.decode_attention(q[:, 0], keys, values, mask, tf.cast(cache_index, tf.int32) + 1,
+                                      config.n_head, cpu_threads())
+        return conv1d(params, f"{scope}/c_proj", merge_heads(out[:, None], config.n_head)), (keys, values)
     scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(config.head_dim))  # [B * H, T, S]
     _, length, slots = shape_of(scores)
-    scores = tf.reshape(scores, [-1, config.n_head, length, slots]) + bias  # [B, H, T, S]
+    scores = tf.reshape(scores, [-1, config.n_head, length, slots]) + mask  # [B, H, T, S]
     weights = tf.reshape(tf.nn.softmax(scores, axis=-1), [-1, length, slots])  # [B * H, T, S]
     out = merge_heads(tf.matmul(weights, values), config.n_head)  # [B, T, E]
     return conv1d(params, f"{scope}/c_proj", out), (keys, values)
+
+
+def native_attention(params) -> bool:
+    """Whether decode steps over `params` run their attention by the native kernel: where the weights
+    are the kernel's panels (the generator on a CPU that runs it), unless CNGPT_TF_NATIVE_ATTENTION=0
+    (read when tracing; benchmarks compare the two)."""
+    return "model/wte/panels" in params and os.environ.get("CNGPT_TF_NATIVE_ATTENTION", "1") != "0"
 
 
 def mlp(params, scope, x):

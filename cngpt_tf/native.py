@@ -51,9 +51,10 @@ log = logging.getLogger(__name__)
 
 PANEL = 32  # columns per panel; must match kPanel in csrc/panel_job.h
 TARGET = "cngpt_panel_matmul"
+ATTENTION_TARGET = "cngpt_decode_attention"
 CSRC = Path(__file__).parent / "csrc"
 SOURCE = CSRC / "panel_matmul.cc"  # the custom call: registration, threads, dispatch; no ISA flags
-HEADERS = (CSRC / "panel_job.h", CSRC / "panel_tiles.h")
+HEADERS = (CSRC / "panel_job.h", CSRC / "panel_tiles.h", CSRC / "decode_attention.h")
 # ISA -> (/proc/cpuinfo flags it needs, compiler flags of csrc/kernels_<isa>.cc); weakest first.
 ISAS = {
     "avx2": ({"avx2", "fma"}, ["-mavx2", "-mfma"]),
@@ -169,6 +170,38 @@ def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | N
         raise ConfigError(f"panel_matmul: isa_name={isa_name!r}: this CPU runs {', '.join(cpu_isas()) or 'none'}")
     config = f"{rows} {depth} {n} {threads} {isa_name} {mode} {group if mode == 'int8' else 0}"
     (out,) = xla.custom_call_v2(TARGET, operands, [tf.TensorSpec([rows, n], tf.float32)], backend_config=config)
+    return out
+
+
+def decode_attention(q, keys, values, key_mask, n, n_head: int, threads: int, *, isa_name: str | None = None):
+    """One decode step's attention (csrc/decode_attention.h), under XLA only: q [B * H, D] (the new
+    token's queries), keys and values [B * H, S, D] (the cache, this step's K/V written in), key_mask
+    [B, S] 0/1, n: scalar, the slots in use (the step's slot + 1; later slots are not read) ->
+    softmax((q . keys) / sqrt(D) over the slots s < n with key_mask 1) @ values, [B * H, D] float32.
+    isa_name: as `panel_matmul`'s (its fp32 kernel: avx2 or avx512)."""
+    from tensorflow.compiler.tf2xla.python import xla
+
+    if _load() is None:
+        raise ConfigError("decode_attention: the native kernel did not build here (see the warning logged)")
+    rows, depth = q.shape
+    if rows is None or keys.shape[1] is None or rows % n_head:
+        raise ValueError(f"decode_attention: q {q.shape} needs a known number of rows, a multiple of {n_head} heads")
+    if tuple(keys.shape) != (rows, keys.shape[1], depth) or tuple(values.shape) != tuple(keys.shape):
+        raise ValueError(f"decode_attention: keys {keys.shape} and values {values.shape} do not fit q {q.shape}")
+    slots = keys.shape[1]
+    if tuple(key_mask.shape) not in ((rows // n_head, slots), (None, slots)):
+        raise ValueError(f"decode_attention: key_mask {key_mask.shape} does not fit [{rows // n_head}, {slots}]")
+    if q.dtype != tf.float32 or keys.dtype != tf.float32 or values.dtype != tf.float32:
+        raise ValueError("decode_attention: q, keys and values must be float32")
+    if isa_name is None:
+        isa_name = isa("fp32")
+    elif isa_name not in cpu_isas():
+        raise ConfigError(f"decode_attention: isa_name={isa_name!r}: this CPU runs {', '.join(cpu_isas()) or 'none'}")
+    scale = np.float32(1.0 / np.sqrt(depth))
+    config = f"{rows} {slots} {depth} {n_head} {threads} {isa_name} {float(scale)!r}"
+    operands = [q, keys, values, tf.cast(key_mask, tf.int32), tf.reshape(tf.cast(n, tf.int32), [1])]
+    (out,) = xla.custom_call_v2(ATTENTION_TARGET, operands, [tf.TensorSpec([rows, depth], tf.float32)],
+                                backend_config=config)
     return out
 
 

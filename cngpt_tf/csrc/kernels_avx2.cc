@@ -1,5 +1,6 @@
 // The panel product on AVX2 + FMA (8-float registers), for x86 CPUs without AVX-512: the same loops
 // as kernels_avx512.cc, a tile being half a panel (16 columns). Compiled with -mavx2 -mfma.
+#include "decode_attention.h"
 #include "panel_tiles.h"
 
 namespace {
@@ -16,6 +17,11 @@ struct Isa {
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static float reduce(F v) {  // the sum of the 8 lanes
+    const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)));
+  }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   static void pair(const uint16_t* p, F& even, F& odd) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));  // 8 lanes of row pairs
@@ -30,3 +36,6 @@ struct Isa {
 }  // namespace
 
 extern "C" void cngpt_panels_avx2(const PanelJob* job, int p0, int p1) { run_mode<Isa>(*job, p0, p1); }
+extern "C" void cngpt_attention_avx2(const AttentionJob* job, int r0, int r1) {
+  decode_attention_rows<Isa>(*job, r0, r1);
+}

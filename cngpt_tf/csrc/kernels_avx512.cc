@@ -1,6 +1,7 @@
 // The panel product on AVX-512F (16-float registers): fp32, bf16 widened by a shift, int8 widened
 // and scaled in registers. Compiled with -mavx512f -mfma (cngpt_tf/native.py); runs only where the
 // CPU has AVX-512F (panel_matmul.cc checks).
+#include "decode_attention.h"
 #include "panel_tiles.h"
 
 namespace {
@@ -17,6 +18,7 @@ struct Isa {
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static float reduce(F v) { return _mm512_reduce_add_ps(v); }  // the sum of the 16 lanes
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
   static void pair(const uint16_t* p, F& even, F& odd) {
     const __m512i v = _mm512_loadu_si512(p);  // 16 lanes of (row k | row k + 1 << 16)
@@ -31,3 +33,6 @@ struct Isa {
 }  // namespace
 
 extern "C" void cngpt_panels_avx512(const PanelJob* job, int p0, int p1) { run_mode<Isa>(*job, p0, p1); }
+extern "C" void cngpt_attention_avx512(const AttentionJob* job, int r0, int r1) {
+  decode_attention_rows<Isa>(*job, r0, r1);
+}

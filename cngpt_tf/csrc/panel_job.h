@@ -1,5 +1,7 @@
-// One weight product for the per-ISA kernels (kernels_*.cc), filled in by panel_matmul.cc.
+// The jobs of the per-ISA kernels (kernels_*.cc), filled in by panel_matmul.cc: one weight product
+// (PanelJob) or one decode step's attention (AttentionJob, decode_attention.h).
 //
+// PanelJob:
 // out[M, N] = x[M, K] @ W[K, N], W stored as column panels of kPanel columns (P = ceil(N / 32);
 // panel p holds columns 32p .. 32p + 31, zero past N), in one of three weight modes:
 //   fp32: panels [P, K, 32] float
@@ -30,7 +32,22 @@ struct PanelJob {
   int M, K, N, group, mode;
 };
 
+// out[r] = softmax over the slots s < n with key_mask[r / H, s] = 1 of (q[r] . keys[r, s]) * scale,
+// applied to values[r, s]; r = b * H + h. q, out [BH, D]; keys, values [BH, S, D]; key_mask [B, S].
+struct AttentionJob {
+  const float* q;
+  const float* keys;
+  const float* values;
+  const int32_t* key_mask;
+  float* out;
+  int BH, S, D, H, n;
+  float scale;
+};
+
 extern "C" {
+// Rows [r0, r1) of `job` (AVX2 + FMA, AVX-512F).
+void cngpt_attention_avx2(const AttentionJob* job, int r0, int r1);
+void cngpt_attention_avx512(const AttentionJob* job, int r0, int r1);
 // Panels [p0, p1) of `job`; each needs its ISA (panel_matmul.cc checks before calling).
 void cngpt_panels_avx2(const PanelJob* job, int p0, int p1);        // AVX2 + FMA: every mode
 void cngpt_panels_avx512(const PanelJob* job, int p0, int p1);      // AVX-512F: every mode

@@ -1,4 +1,6 @@
-// XLA:CPU custom call "cngpt_panel_matmul": out[M, N] = x[M, K] @ W[K, N], with W stored as column
+// XLA:CPU custom calls: "cngpt_panel_matmul" (below) and "cngpt_decode_attention" (at the end).
+//
+// "cngpt_panel_matmul": out[M, N] = x[M, K] @ W[K, N], with W stored as column
 // panels (P = ceil(N / 32); panel p holds columns 32p .. 32p + 31, zero past N) in float32,
 // bfloat16 or int8 with scales (the layouts: panel_job.h).
 //
@@ -215,10 +217,40 @@ void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, 
   if (!pool.run(threads, work)) work(0, 1);
 }
 
+// XLA:CPU custom call "cngpt_decode_attention": one decode step's attention over the K/V cache
+// (decode_attention.h). Operands: q [BH, D] f32, keys and values [BH, S, D] f32 (the cache with
+// this step's K/V written in), key_mask [B, S] s32, n [1] s32 (slots in use: the step's slot + 1).
+// Result: [BH, D] f32. Opaque: "BH S D H threads isa scale" (scale as %.9g: the exact float).
+void cngpt_decode_attention(void* out, const void** in, const char* opaque, size_t, void*) {
+  AttentionJob job{};
+  int threads = 1;
+  char isa_name[16] = "";
+  std::sscanf(opaque, "%d %d %d %d %d %15s %f", &job.BH, &job.S, &job.D, &job.H, &threads, isa_name, &job.scale);
+  job.q = static_cast<const float*>(in[0]);
+  job.keys = static_cast<const float*>(in[1]);
+  job.values = static_cast<const float*>(in[2]);
+  job.key_mask = static_cast<const int32_t*>(in[3]);
+  const int n = *static_cast<const int32_t*>(in[4]);
+  job.n = n < 0 ? 0 : n > job.S ? job.S : n;  // a slot index past the cache reads no further
+  job.out = static_cast<float*>(result_buffer(out));
+  const int isa = choose_isa(isa_name);
+  void (*kernel)(const AttentionJob*, int, int) = isa >= kAvx512 ? cngpt_attention_avx512
+                                                  : isa == kAvx2 ? cngpt_attention_avx2
+                                                                 : nullptr;
+  if (kernel == nullptr) {  // cngpt_tf.native never emits the call on such a CPU
+    std::fprintf(stderr, "cngpt_decode_attention: this CPU lacks AVX2 + FMA; the result is NaN\n");
+    for (size_t i = 0; i < static_cast<size_t>(job.BH) * job.D; ++i) job.out[i] = __builtin_nanf("");
+    return;
+  }
+  auto work = [&](int t, int parts) { kernel(&job, job.BH * t / parts, job.BH * (t + 1) / parts); };
+  if (job.BH < 2 || !pool.run(threads, work)) work(0, 1);
+}
+
 }  // extern "C"
 
 static const bool registered = [] {
-  xla::CustomCallTargetRegistry::Global()->Register(
-      "cngpt_panel_matmul", reinterpret_cast<void*>(&cngpt_panel_matmul), "Host");
+  auto* registry = xla::CustomCallTargetRegistry::Global();
+  registry->Register("cngpt_panel_matmul", reinterpret_cast<void*>(&cngpt_panel_matmul), "Host");
+  registry->Register("cngpt_decode_attention", reinterpret_cast<void*>(&cngpt_decode_attention), "Host");
   return true;
 }();
