@@ -6,6 +6,7 @@ them) is benchmarks/accuracy.py's.
     python benchmarks/precision.py --parts speed --batch 1 8 --rounds 5
     python benchmarks/precision.py --parts speed --isa avx2 avx512   # kernel variants as extra contenders
     python benchmarks/precision.py --parts speed --xla_attention     # + each with XLA's attention
+    python benchmarks/precision.py --parts speed --unrolled          # + each with the layers unrolled
 
 Parts:
   probe     the machine's read bandwidth: a NumPy sum over a 1 GiB float32 array on 2 threads, best of 5
@@ -46,6 +47,7 @@ from cngpt_tf.demo import demo_weights  # noqa: E402
 
 MODES = ("fp32", "bf16", "int8")
 ATTENTION_VARIABLE = "CNGPT_TF_NATIVE_ATTENTION"  # "0": decode steps' attention by XLA (cngpt_tf.model)
+LOOP_VARIABLE = "CNGPT_TF_LAYER_LOOP"  # "0": the blocks traced one by one, not as a loop (cngpt_tf.model)
 BUSY = 0.5  # 1-minute load average at or above which a timing on 2 cores is not trusted
 
 
@@ -212,6 +214,9 @@ def speed(args, config, weights) -> None:
             if args.xla_attention:
                 contenders[f"cngpt_tf {label}, XLA attention"] = (
                     _traced_with(greedy_runner(packed, config), {**env, ATTENTION_VARIABLE: "0"}), step_bytes(packed))
+            if args.unrolled:
+                contenders[f"cngpt_tf {label}, layers unrolled"] = (
+                    _traced_with(greedy_runner(packed, config), {**env, LOOP_VARIABLE: "0"}), step_bytes(packed))
             if floor is not None:
                 contenders[f"floor {label}"] = (_traced_with(floor, env), step_bytes(packed))
         del packed
@@ -271,6 +276,8 @@ def main(argv=None):
     parser.add_argument("--isa", nargs="*", default=[], help="kernel variants to add as contenders (e.g. avx2)")
     parser.add_argument("--xla_attention", action="store_true",
                         help="add each contender with its decode steps' attention by XLA instead of the kernel")
+    parser.add_argument("--unrolled", action="store_true",
+                        help="add each contender with its blocks traced one by one instead of as a loop over the layers")
     parser.add_argument("--no_floor", action="store_true", help="skip the weight-products-only rows")
     args = parser.parse_args(argv)
 

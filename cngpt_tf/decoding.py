@@ -91,7 +91,8 @@ def compile_decoder(params, config, sampler, make_constraint=None):
     def run(ids, mask, buffer, max_new, min_new, eos, pad, seed, temperature, top_p, penalty, *constraint_inputs):
         (batch, prompt_len), n_new = shape_of(ids), shape_of(buffer)[1]
         slots = prompt_len + n_new
-        cache = model.empty_cache(config, batch, slots, params["model/wpe"].dtype)
+        stacked = model.layers_as_loop(params)  # the blocks as one loop over the layers: one stacked cache
+        cache = model.empty_cache(config, batch, slots, params["model/wpe"].dtype, stacked=stacked)
         constraint, constraint_state = make_constraint(*constraint_inputs) if make_constraint else (None, ())
         step_sampler, seed = (sampler, seed) if isinstance(sampler, Sampler) else sampler(seed)
         return decode(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -138,12 +139,17 @@ def past_shape(config: GPT2Config, batch_size, cache_len) -> list:
     XLA copy the cache every token: one stacked [2, B, H, S, D] tensor (a slice is copied out before
     each attention matmul, ~10% of a batch-8 step), and [B, H, S, D] at B = 1 (the in-place update
     goes through a bitcast that drops the unit batch axis, and XLA then copies all of it each step).
+    The exception is the layers as one loop (`layers_as_loop`): there the cache is one (keys, values)
+    pair of [n_layer] + past_shape, which only the native kernel reads in a decode step, in place.
     """
     return [batch_size * config.n_head, cache_len, config.head_dim]
 
 
-def empty_cache(config: GPT2Config, batch_size, cache_len, dtype=tf.float32) -> tuple:
+def empty_cache(config: GPT2Config, batch_size, cache_len, dtype=tf.float32, stacked: bool = False) -> tuple:
+    """n_layer (keys, values) pairs of `past_shape`, zeros; stacked: one pair of [n_layer] + past_shape."""
     shape = past_shape(config, batch_size, cache_len)
+    if stacked:
+        return tf.zeros([config.n_layer] + shape, dtype), tf.zeros([config.n_layer] + shape, dtype)
     return tuple((tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(config.n_layer))
 
 
@@ -171,9 +177,10 @@ def logits(params, config: GPT2Config, input_ids, attention_mask):
 def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index, key_mask):
     """Run T new tokens through every block, writing their K/V into the cache at `cache_index`.
 
-    input_ids, positions: [B, T] int32; cache: n_layer (keys, values) pairs of `past_shape`, or None to attend
-    over the T tokens alone (then S = T, cache_index = 0); cache_index: scalar, the slot of the first
-    new token; key_mask: [B, S] 1 where a slot holds a real token.
+    input_ids, positions: [B, T] int32; cache: n_layer (keys, values) pairs of `past_shape` (or one
+    stacked pair: `layers_as_loop`), or None to attend over the T tokens alone (then S = T,
+    cache_index = 0); cache_index: scalar, the slot of the first new token; key_mask: [B, S] 1 where a
+    slot holds a real token.
     Returns (hidden [B, T, E] after ln_f, the cache with this call's K/V written in).
     Writing into a cache needs XLA (`tf.function(jit_compile=True)`): it is an XLA dynamic-update-slice.
     """
@@ -184,13 +191,58 @@ def forward(params, config: GPT2Config, input_ids, positions, cache, cache_index
         mask = key_mask
     else:
         mask = _attention_bias(n_new, key_mask, cache_index, x.dtype)  # [B, 1, T, S]
-    new_cache = []
-    for i in range(config.n_layer):
-        layer_cache = None if cache is None else cache[i]
-        x, layer_cache = block(params, f"model/h{i}", config, x, layer_cache, cache_index, mask)
-        new_cache.append(layer_cache)
+    if cache is not None and tf.is_tensor(cache[0]):  # one stacked pair: the layers as one loop
+        x, new_cache = _blocks_as_loop(params, config, x, cache, cache_index, mask)
+    else:
+        new_cache = []
+        for i in range(config.n_layer):
+            layer_cache = None if cache is None else cache[i]
+            x, layer_cache = block(params, f"model/h{i}", config, x, layer_cache, cache_index, mask)
+            new_cache.append(layer_cache)
+        new_cache = tuple(new_cache)
     x = layer_norm(x, params["model/ln_f/g"], params["model/ln_f/b"], config.layer_norm_epsilon)
-    return x, tuple(new_cache)
+    return x, new_cache
+
+
+class Layered(NamedTuple):
+    """Every layer's value of one name, as a list of tensors (weights) or one stacked tensor (the
+    cache), and the layer a pass of `_blocks_as_loop` reads: the native kernel takes them whole and
+    reads that layer's in place."""
+
+    every: object
+    layer: object  # scalar int32 tensor
+
+
+def layers_as_loop(params) -> bool:
+    """Whether `forward` runs the blocks as one XLA loop over the layers (traced and converted to HLO
+    once instead of n_layer times: the first call's compile and a fresh process's start are shorter):
+    where every Conv1D is the native kernel's panels and decode steps use its attention
+    (`native_attention`), unless CNGPT_TF_LAYER_LOOP=0 (read when tracing; benchmarks compare)."""
+    if not native_attention(params) or os.environ.get("CNGPT_TF_LAYER_LOOP", "1") == "0":
+        return False
+    return all(f"model/h0/{scope}/panels" in params for scope in CONV1D_SCOPES)
+
+
+def _blocks_as_loop(params, config, x, cache, cache_index, mask):
+    """x [B, T, E] through every block as one tf.while_loop over the layers; cache: one stacked
+    (keys, values) pair [L, B * H, S, D] (`empty_cache(stacked=True)`). Each pass reads its layer's
+    weights as `Layered` lists (the kernel picks one by index: a slice of stacked weights would be
+    copied) and its LayerNorm parameters by a gather from [L, E]."""
+    n_layer = config.n_layer
+    weights = {f"{scope}/{leaf}": [params[f"model/h{i}/{scope}/{leaf}"] for i in range(n_layer)]
+               for scope in CONV1D_SCOPES for leaf in ("panels", "scales") if f"model/h0/{scope}/{leaf}" in params}
+    norms = {name: tf.stack([params[f"model/h{i}/{name}"] for i in range(n_layer)])  # [L, E]
+             for name in ("ln_1/g", "ln_1/b", "ln_2/g", "ln_2/b")}
+
+    def one_layer(i, x, keys, values):
+        layer = {f"model/h/{name}": Layered(every, i) for name, every in weights.items()}
+        layer.update({f"model/h/{name}": tf.gather(stacked, i) for name, stacked in norms.items()})
+        x, (keys, values) = block(layer, "model/h", config, x, Layered((keys, values), i), cache_index, mask)
+        return i + 1, x, keys, values
+
+    _, x, keys, values = tf.while_loop(lambda i, *_: i < n_layer, one_layer, (tf.constant(0), x, *cache),
+                                       maximum_iterations=n_layer)
+    return x, (keys, values)
 
 
 def embed(params, input_ids):
@@ -244,21 +296,29 @@ def attention(params, scope, config, x, layer_cache, cache_index, mask):
     """
     qkv = conv1d(params, f"{scope}/c_attn", x)  # [B, T, 3E]
     q, k, v = (split_heads(t, config.n_head) for t in tf.split(qkv, 3, axis=-1))  # [B * H, T, D] each
+    layer = None
     if layer_cache is None:  # no cache: attend over this call's tokens only (cache_index must be 0)
         keys, values = k, v
+    elif isinstance(layer_cache, Layered):  # every layer's cache [L, B * H, S, D]: write into this layer's
+        layer = layer_cache.layer
+        start = tf.stack([layer, 0, tf.cast(cache_index, tf.int32), 0])
+        keys, values = (dynamic_update_slice(old, new[None], start) for old, new in zip(layer_cache.every, (k, v)))
     else:  # write this call's K/V at cache_index; under XLA an in-place update of the buffers
         start = tf.stack([0, tf.cast(cache_index, tf.int32), 0])
         keys, values = (dynamic_update_slice(old, new, start) for old, new in zip(layer_cache, (k, v)))
     if mask.shape.rank == 2:  # the kernel: [B * H, D] queries of the one new token
         out = native.decode_attention(q[:, 0], keys, values, mask, tf.cast(cache_index, tf.int32) + 1,
-                                      config.n_head, cpu_threads())
+                                      config.n_head, cpu_threads(), layer=layer)
         return conv1d(params, f"{scope}/c_proj", merge_heads(out[:, None], config.n_head)), (keys, values)
+    if layer is not None:  # a prefill in the loop over the layers: XLA's attention over a copy of this layer's
+        every = (keys, values)
+        keys, values = (tf.gather(t, layer) for t in every)
     scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(config.head_dim))  # [B * H, T, S]
     _, length, slots = shape_of(scores)
     scores = tf.reshape(scores, [-1, config.n_head, length, slots]) + mask  # [B, H, T, S]
     weights = tf.reshape(tf.nn.softmax(scores, axis=-1), [-1, length, slots])  # [B * H, T, S]
     out = merge_heads(tf.matmul(weights, values), config.n_head)  # [B, T, E]
-    return conv1d(params, f"{scope}/c_proj", out), (keys, values)
+    return conv1d(params, f"{scope}/c_proj", out), (every if layer is not None else (keys, values))
 
 
 def native_attention(params) -> bool:
@@ -278,18 +338,21 @@ def conv1d(params, scope, x):
     blocks `{scope}/wb/i` (each [nf / blocks, nx + 1], transposed) or the panels `{scope}/panels`."""
     ones = [[0, 0]] * (x.shape.rank - 1) + [[0, 1]]
     x = tf.pad(x, ones, constant_values=1.0)  # [..., nx + 1]
-    panels = params.get(f"{scope}/panels")
+    panels, scales = params.get(f"{scope}/panels"), params.get(f"{scope}/scales")
+    if isinstance(panels, Layered):  # in the loop over the layers: every layer's, and which to read
+        n = panels.every[0].shape[0] * native.PANEL
+        return _panel_product(x, panels.every, n, scales and scales.every, layer=panels.layer)
     if panels is not None:
-        return _panel_product(x, panels, panels.shape[0] * native.PANEL, params.get(f"{scope}/scales"))
+        return _panel_product(x, panels, panels.shape[0] * native.PANEL, scales)
     outs = [_dot_transposed(x, wb) for wb in weight_blocks(params, scope)]  # [x, 1] @ wb.T per block
     return outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
 
 
-def _panel_product(x, panels, n, scales=None):
+def _panel_product(x, panels, n, scales=None, layer=None):
     """x [..., K] @ W [K, n] by the native kernel, W given as its panels (any precision; `scales`
-    with int8 panels)."""
+    with int8 panels; lists of every layer's and a layer index: `native.panel_matmul`)."""
     flat = tf.reshape(x, [-1, x.shape[-1]])  # [prod(...), K]
-    out = native.panel_matmul(flat, panels, n, cpu_threads(), scales, group=quantize.INT8_GROUP)
+    out = native.panel_matmul(flat, panels, n, cpu_threads(), scales, group=quantize.INT8_GROUP, layer=layer)
     return tf.reshape(out, shape_of(x)[:-1] + [n])
 
 

@@ -135,17 +135,29 @@ def describe() -> str:
             f"bf16 on {chosen['bf16']} ({bf16}), int8 on {chosen['int8']} ({int8}, per-block scales) weights")
 
 
-def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | None = None, isa_name: str | None = None):
+def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | None = None,
+                 isa_name: str | None = None, layer=None):
     """x [M, K] @ W [K, n] for W stored as `panels` (`to_panels`, or `cngpt_tf.quantize`'s bf16 or
     int8 panels with their `scales`); float32 result, under XLA only.
 
     threads: the CPU threads to split the panels over (the caller's and threads - 1 pooled ones).
     group: int8's rows per scale block (what the scales were made with: `quantize.INT8_GROUP` by
-    default there). isa_name: the kernel variant (default `isa()`); one this CPU lacks is ConfigError."""
+    default there). isa_name: the kernel variant (default `isa()`); one this CPU lacks is ConfigError.
+    layer: a scalar int32 tensor picking one of several weights of the same shape: `panels` (and
+    `scales`) are then lists, one per layer, handed to the kernel as they are (a loop over the
+    layers reads each in place: no slice of a stacked tensor to copy)."""
     from tensorflow.compiler.tf2xla.python import xla
 
     if _load() is None:  # builds on first use; registers the custom call with XLA
         raise ConfigError("panel_matmul: the native kernel did not build here (see the warning logged)")
+    if layer is not None:
+        panels, scales = list(panels), None if scales is None else list(scales)
+        if not panels or any(tuple(p.shape) != tuple(panels[0].shape) or p.dtype != panels[0].dtype for p in panels):
+            raise ValueError("panel_matmul: layer= needs a list of panels of one shape and dtype")
+        if scales is not None and len(scales) != len(panels):
+            raise ValueError(f"panel_matmul: {len(panels)} layers' panels but {len(scales)} layers' scales")
+        every_panels, every_scales = panels, scales
+        panels, scales = panels[0], None if scales is None else scales[0]  # checked below as one weight
     rows, depth = x.shape
     if rows is None:
         raise ValueError("panel_matmul: the number of rows must be known when tracing (XLA shapes are static)")
@@ -169,26 +181,37 @@ def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | N
     elif isa_name not in cpu_isas():
         raise ConfigError(f"panel_matmul: isa_name={isa_name!r}: this CPU runs {', '.join(cpu_isas()) or 'none'}")
     config = f"{rows} {depth} {n} {threads} {isa_name} {mode} {group if mode == 'int8' else 0}"
+    if layer is not None:
+        if mode == "int8" and any(tuple(s.shape) != tuple(scales.shape) for s in every_scales):
+            raise ValueError("panel_matmul: layer= needs a list of scales of one shape")
+        operands = [x, tf.reshape(tf.cast(layer, tf.int32), [1]), *every_panels, *(every_scales or [])]
+        config += f" {len(every_panels)}"
     (out,) = xla.custom_call_v2(TARGET, operands, [tf.TensorSpec([rows, n], tf.float32)], backend_config=config)
     return out
 
 
-def decode_attention(q, keys, values, key_mask, n, n_head: int, threads: int, *, isa_name: str | None = None):
+def decode_attention(q, keys, values, key_mask, n, n_head: int, threads: int, *, layer=None,
+                     isa_name: str | None = None):
     """One decode step's attention (csrc/decode_attention.h), under XLA only: q [B * H, D] (the new
     token's queries), keys and values [B * H, S, D] (the cache, this step's K/V written in), key_mask
     [B, S] 0/1, n: scalar, the slots in use (the step's slot + 1; later slots are not read) ->
     softmax((q . keys) / sqrt(D) over the slots s < n with key_mask 1) @ values, [B * H, D] float32.
-    isa_name: as `panel_matmul`'s (its fp32 kernel: avx2 or avx512)."""
+    layer: a scalar int32 tensor; keys and values are then every layer's cache [L, B * H, S, D], and
+    the kernel reads layer `layer`'s in place. isa_name: as `panel_matmul`'s (its fp32 kernel: avx2
+    or avx512)."""
     from tensorflow.compiler.tf2xla.python import xla
 
     if _load() is None:
         raise ConfigError("decode_attention: the native kernel did not build here (see the warning logged)")
     rows, depth = q.shape
-    if rows is None or keys.shape[1] is None or rows % n_head:
+    if rows is None or rows % n_head:
         raise ValueError(f"decode_attention: q {q.shape} needs a known number of rows, a multiple of {n_head} heads")
-    if tuple(keys.shape) != (rows, keys.shape[1], depth) or tuple(values.shape) != tuple(keys.shape):
-        raise ValueError(f"decode_attention: keys {keys.shape} and values {values.shape} do not fit q {q.shape}")
-    slots = keys.shape[1]
+    stacked = layer is not None  # keys [L, B * H, S, D], else one layer's [B * H, S, D]
+    shape = tuple(keys.shape)
+    if len(shape) != 3 + stacked or None in shape or shape[-3::2] != (rows, depth) or tuple(values.shape) != shape:
+        raise ValueError(f"decode_attention: keys {keys.shape} and values {values.shape} do not fit q {q.shape}"
+                         + (" (layer=: every layer's [L, B * H, S, D])" if stacked else ""))
+    layers, slots = (shape[0] if stacked else 1), shape[-2]
     if tuple(key_mask.shape) not in ((rows // n_head, slots), (None, slots)):
         raise ValueError(f"decode_attention: key_mask {key_mask.shape} does not fit [{rows // n_head}, {slots}]")
     if q.dtype != tf.float32 or keys.dtype != tf.float32 or values.dtype != tf.float32:
@@ -198,8 +221,9 @@ def decode_attention(q, keys, values, key_mask, n, n_head: int, threads: int, *,
     elif isa_name not in cpu_isas():
         raise ConfigError(f"decode_attention: isa_name={isa_name!r}: this CPU runs {', '.join(cpu_isas()) or 'none'}")
     scale = np.float32(1.0 / np.sqrt(depth))
-    config = f"{rows} {slots} {depth} {n_head} {threads} {isa_name} {float(scale)!r}"
-    operands = [q, keys, values, tf.cast(key_mask, tf.int32), tf.reshape(tf.cast(n, tf.int32), [1])]
+    config = f"{rows} {slots} {depth} {n_head} {threads} {isa_name} {float(scale)!r} {layers}"
+    n_layer = tf.stack([tf.cast(n, tf.int32), tf.cast(layer if stacked else 0, tf.int32)])
+    operands = [q, keys, values, tf.cast(key_mask, tf.int32), n_layer]
     (out,) = xla.custom_call_v2(ATTENTION_TARGET, operands, [tf.TensorSpec([rows, depth], tf.float32)],
                                 backend_config=config)
     return out

@@ -9,13 +9,14 @@
 // read once, in order, with a software prefetch ahead, at the memory's speed. Batch 1 is bound by the
 // bytes read per token: bf16 reads half of fp32's, int8 a quarter (plus its scales).
 //
-// Operands (default row-major layouts): x [M, K] f32, the panels, and for int8 the scales.
-// Result: [M, N] f32.
-// Opaque (the custom call's backend_config): "M K N threads isa mode group", where isa is avx2,
+// Operands (default row-major layouts): x [M, K] f32, the panels, and for int8 the scales; or, for
+// a loop over the layers (L > 0 below), x, the layer index s32[1], the panels of each of the L
+// layers, and for int8 the scales of each. Result: [M, N] f32.
+// Opaque (the custom call's backend_config): "M K N threads isa mode group L", where isa is avx2,
 // avx512, avx512bf16 or avx512vnni (the kernel file to run: kernels_<isa>.cc; avx512bf16 differs
-// from avx512 only for bf16 weights, avx512vnni only for int8), mode is fp32, bf16 or int8, and
-// group is int8's rows per scale block.
-// Only "M K N threads" is required: the defaults are AVX-512F (AVX2 where the CPU lacks it), fp32, 0.
+// from avx512 only for bf16 weights, avx512vnni only for int8), mode is fp32, bf16 or int8, group
+// is int8's rows per scale block, and L the number of layers to pick from (0: one weight).
+// Only "M K N threads" is required: the defaults are AVX-512F (AVX2 where the CPU lacks it), fp32, 0, 0.
 // This file is built without ISA flags, so that loading it is safe on any x86-64 CPU; the kernels
 // run only for ISAs the CPU reports (a weaker one is used otherwise). Built and loaded by
 // cngpt_tf/native.py.
@@ -165,19 +166,27 @@ extern "C" {
 int cngpt_native_isas() { return cpu_isas(); }
 
 void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, void*) {
-  int M = 0, K = 0, N = 0, threads = 1, group = 0;
+  int M = 0, K = 0, N = 0, threads = 1, group = 0, layers = 0;
   char isa_name[16] = "", mode_name[16] = "fp32";
-  std::sscanf(opaque, "%d %d %d %d %15s %15s %d", &M, &K, &N, &threads, isa_name, mode_name, &group);
+  std::sscanf(opaque, "%d %d %d %d %15s %15s %d %d", &M, &K, &N, &threads, isa_name, mode_name, &group, &layers);
   PanelJob job{};
   job.x = static_cast<const float*>(in[0]);
-  job.w = in[1];
-  job.out = static_cast<float*>(result_buffer(out));
   job.M = M, job.K = K, job.N = N, job.group = group;
   job.mode = std::strcmp(mode_name, "bf16") == 0 ? kBf16 : std::strcmp(mode_name, "int8") == 0 ? kInt8 : kFp32;
-  if (job.mode == kInt8) {
-    job.scales = static_cast<const float*>(in[2]);
-    if (job.group <= 0) job.group = K;
+  // One weight, or one of `layers` picked by the layer index in[1] (a loop over the layers): the
+  // panels of every layer, then (int8) the scales of every layer.
+  const void** weights = in + 1;
+  if (layers > 0) {
+    const int at = *static_cast<const int32_t*>(in[1]);
+    const int layer = at < 0 ? 0 : at >= layers ? layers - 1 : at;
+    job.w = in[2 + layer];
+    if (job.mode == kInt8) job.scales = static_cast<const float*>(in[2 + layers + layer]);
+  } else {
+    job.w = weights[0];
+    if (job.mode == kInt8) job.scales = static_cast<const float*>(weights[1]);
   }
+  job.out = static_cast<float*>(result_buffer(out));
+  if (job.mode == kInt8 && job.group <= 0) job.group = K;
   int isa = choose_isa(isa_name);
   // int32 sums of a block must not overflow: group * 255 * 128 < 2**31
   const bool vnni_fits = job.mode == kInt8 && job.group <= (1 << 16);
@@ -219,18 +228,23 @@ void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, 
 
 // XLA:CPU custom call "cngpt_decode_attention": one decode step's attention over the K/V cache
 // (decode_attention.h). Operands: q [BH, D] f32, keys and values [BH, S, D] f32 (the cache with
-// this step's K/V written in), key_mask [B, S] s32, n [1] s32 (slots in use: the step's slot + 1).
-// Result: [BH, D] f32. Opaque: "BH S D H threads isa scale" (scale as %.9g: the exact float).
+// this step's K/V written in; or every layer's, [L, BH, S, D]), key_mask [B, S] s32, [n, layer] s32
+// (n: slots in use, the step's slot + 1; layer: which of the L layers' caches to read).
+// Result: [BH, D] f32. Opaque: "BH S D H threads isa scale L" (scale exact: %.9g or Python's repr).
 void cngpt_decode_attention(void* out, const void** in, const char* opaque, size_t, void*) {
   AttentionJob job{};
-  int threads = 1;
+  int threads = 1, layers = 1;
   char isa_name[16] = "";
-  std::sscanf(opaque, "%d %d %d %d %d %15s %f", &job.BH, &job.S, &job.D, &job.H, &threads, isa_name, &job.scale);
+  std::sscanf(opaque, "%d %d %d %d %d %15s %f %d", &job.BH, &job.S, &job.D, &job.H, &threads, isa_name, &job.scale,
+              &layers);
+  const int32_t* n_layer = static_cast<const int32_t*>(in[4]);
+  const int n = n_layer[0], at = layers > 1 ? n_layer[1] : 0;
+  const size_t layer = at < 0 ? 0 : at >= layers ? layers - 1 : at;
+  const size_t cache_floats = static_cast<size_t>(job.BH) * job.S * job.D;  // one layer's keys
   job.q = static_cast<const float*>(in[0]);
-  job.keys = static_cast<const float*>(in[1]);
-  job.values = static_cast<const float*>(in[2]);
+  job.keys = static_cast<const float*>(in[1]) + layer * cache_floats;
+  job.values = static_cast<const float*>(in[2]) + layer * cache_floats;
   job.key_mask = static_cast<const int32_t*>(in[3]);
-  const int n = *static_cast<const int32_t*>(in[4]);
   job.n = n < 0 ? 0 : n > job.S ? job.S : n;  // a slot index past the cache reads no further
   job.out = static_cast<float*>(result_buffer(out));
   const int isa = choose_isa(isa_name);

@@ -107,26 +107,56 @@ CONFIG = GPT2Config(n_vocab=97, n_ctx=32, n_embd=32, n_head=4, n_layer=2)
 
 
 @needs_kernel
-def test_a_decode_step_by_the_kernel_equals_the_step_by_xla(monkeypatch):
-    params = model.pack_params(names.convert(demo_weights(CONFIG, seed=5), names.PT, names.TF1, CONFIG), panels=True)
-    assert model.native_attention(params)
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+@pytest.mark.parametrize("stacked", [False, True], ids=["layer by layer", "layers as one loop"])
+def test_a_decode_step_by_the_kernel_equals_the_step_by_xla(monkeypatch, stacked, weights):
+    tf1 = names.convert(demo_weights(CONFIG, seed=5), names.PT, names.TF1, CONFIG)
+    params = model.pack_params(tf1, panels=True, weights=weights)
+    assert model.native_attention(params) and model.layers_as_loop(params)
     ids = np.array([[3, 4, 5, 6], [0, 0, 7, 8]], np.int32)
     mask = (np.arange(4) >= np.array([[0], [2]])).astype(np.int32)
     key_mask = np.concatenate([mask, np.zeros((2, 4), np.int32)], axis=1)  # 8 slots, 4 of them free
 
     def steps():  # prefill, then three decode steps writing slots 4, 5, 6
         positions = model.positions_from_mask(mask)
-        _, cache = model.forward(params, CONFIG, ids, positions, model.empty_cache(CONFIG, 2, 8), 0, key_mask)
+        cache = model.empty_cache(CONFIG, 2, 8, stacked=stacked and model.layers_as_loop(params))
+        _, cache = model.forward(params, CONFIG, ids, positions, cache, 0, key_mask)
         outs, k_mask = [], tf.constant(key_mask)
         for step in range(3):
             k_mask = tf.tensor_scatter_nd_update(k_mask, [[0, 4 + step], [1, 4 + step]], [1, 1])
             token = tf.constant([[10 + step], [20 + step]], tf.int32)
             hidden, cache = model.forward(params, CONFIG, token, positions[:, -1:] + 1 + step, cache, 4 + step, k_mask)
             outs.append(model.lm_head(params, CONFIG, hidden[:, -1]))
-        return tf.stack(outs)
+        return tf.stack(outs), cache
 
-    by_kernel = tf.function(steps, jit_compile=True)().numpy()
+    by_kernel, cache = tf.function(steps, jit_compile=True, autograph=False)()
+    assert tf.is_tensor(cache[0]) == stacked  # the layers ran as one loop over a stacked cache, or not
     monkeypatch.setenv("CNGPT_TF_NATIVE_ATTENTION", "0")
-    assert not model.native_attention(params)
-    by_xla = tf.function(steps, jit_compile=True)().numpy()
-    np.testing.assert_allclose(by_kernel, by_xla, rtol=1e-5, atol=1e-5)
+    assert not model.native_attention(params) and not model.layers_as_loop(params)
+    by_xla, cache = tf.function(steps, jit_compile=True, autograph=False)()
+    assert not tf.is_tensor(cache[0])
+    np.testing.assert_allclose(by_kernel.numpy(), by_xla.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+def test_panel_matmul_by_layer_index_reads_that_layers_weight(weights):
+    from cngpt_tf import quantize
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    layers = [quantize.pack(rng.standard_normal((40, 64)).astype(np.float32), weights) for _ in range(3)]
+    panels = [tf.constant(layer["panels"]) for layer in layers]
+    scales = [tf.constant(layer["scales"]) for layer in layers] if weights == "int8" else None
+
+    @tf.function(jit_compile=True, autograph=False)
+    def product(x, i, one_panels, one_scales):
+        by_index = native.panel_matmul(x, panels, 64, 2, scales, group=quantize.INT8_GROUP, layer=i)
+        alone = native.panel_matmul(x, one_panels, 64, 2, one_scales, group=quantize.INT8_GROUP)
+        return by_index, alone
+
+    for i in range(3):
+        by_index, alone = product(x, np.int32(i), panels[i], scales and scales[i])
+        np.testing.assert_array_equal(by_index.numpy(), alone.numpy())  # the same weight, the same sums
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        native.panel_matmul(x, [panels[0], panels[0][:1]], 64, 2, layer=0)
