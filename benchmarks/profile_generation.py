@@ -9,9 +9,9 @@ collects them, and this script sums them by kind, per decode step:
     python benchmarks/profile_generation.py --batch 1 8 --weights int8   # bf16 / int8 panels
 
 Kernels are told apart by XLA's optimized HLO: custom calls (the weight products in cngpt_tf's
-native kernel, see `cngpt_tf.native`), or without it `MatMul*` (weight matrix products; `dot*` at
-batch 1, where XLA rewrites them as matrix-vector products), and `dot*` with a batch of B * H
-(attention).
+native kernel, see `cngpt_tf.native`; its decode-step attention is the custom call of B * H rows),
+or without it `MatMul*` (weight matrix products; `dot*` at batch 1, where XLA rewrites them as
+matrix-vector products), and `dot*` with a batch of B * H (attention).
 The profiler itself adds some time, and independent kernels (e.g. the row blocks of one weight, see
 `cngpt_tf.model.row_blocks`) may run at the same time on different threads, so the per-step sums
 can exceed the wall time: compare the shares, not the absolute numbers, with the benchmark.

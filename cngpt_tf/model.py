@@ -9,9 +9,10 @@ transposed matrix), or, for the generator on an AVX2 / AVX-512 CPU, as the colum
 [nf / 32, nx + 1, 32] of the native kernel (`cngpt_tf.native`), which also holds the output
 embedding as `model/wte/panels` in place of `model/wte`. Panels may hold reduced-precision weights
 (`weights="bf16"` or `"int8"`, see `cngpt_tf.quantize`; int8 adds `scales` beside each `panels`):
-every Conv1D and the tied embedding, which the input side then reads dequantised too. The same
-functions serve the conversion check, the SavedModel signatures and the XLA decode loop: one GPT-2
-in this project, not one per use.
+every Conv1D and the tied embedding, which the input side then reads dequantised too. Where the
+weights are panels, a decode step's attention is the kernel's too (`native_attention`) and the blocks
+run as one XLA loop over the layers (`layers_as_loop`). The same functions serve the conversion
+check, the SavedModel signatures and the XLA decode loop: one GPT-2 in this project, not one per use.
 
 Notation: B batch, T new tokens this call, S cache slots, E n_embd, H n_head, D head_dim, V n_vocab.
 The sequence is left-padded: slot j of the cache holds token j of the padded sequence, so "causal"
@@ -341,7 +342,7 @@ def conv1d(params, scope, x):
     panels, scales = params.get(f"{scope}/panels"), params.get(f"{scope}/scales")
     if isinstance(panels, Layered):  # in the loop over the layers: every layer's, and which to read
         n = panels.every[0].shape[0] * native.PANEL
-        return _panel_product(x, panels.every, n, scales and scales.every, layer=panels.layer)
+        return _panel_product(x, panels.every, n, scales.every if scales is not None else None, layer=panels.layer)
     if panels is not None:
         return _panel_product(x, panels, panels.shape[0] * native.PANEL, scales)
     outs = [_dot_transposed(x, wb) for wb in weight_blocks(params, scope)]  # [x, 1] @ wb.T per block

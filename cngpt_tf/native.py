@@ -1,4 +1,5 @@
-"""The panel matmul: a small C++ XLA:CPU kernel for the weight products, built on first use.
+"""The panel matmul: a small C++ XLA:CPU kernel for the weight products (and a decode step's
+attention), built on first use.
 
 At batch 8 XLA runs every weight product through Eigen, which repacks the whole weight on each
 call (~14 GB/s on a 2-core machine); `csrc/panel_matmul.cc` reads a weight stored pre-packed as
@@ -9,6 +10,11 @@ Weights: float32 panels, or reduced precision (`cngpt_tf.quantize` packs them): 
 bytes) or int8 with a float32 scale per block of `quantize.INT8_GROUP` rows and column (about a
 quarter); the sums are float32 (on AVX512-VNNI, int8 sums each scale block exactly in int32 first).
 The dtype of the panels picks the mode.
+
+A second custom call, `decode_attention`, is a decode step's attention over the K/V cache
+(csrc/decode_attention.h): it reads only the slots in use, where XLA's dots read every slot. Both
+take every layer's weights (or cache) with a layer index when the model runs its blocks as one loop
+over the layers (`cngpt_tf.model.layers_as_loop`), and read that layer's in place.
 
 ISAs, chosen at run time for each weight mode (`isa(mode)`, `describe()`): the kernels exist for
 AVX2 + FMA ("avx2"), AVX-512F ("avx512"), AVX512-BF16 ("avx512bf16": bf16 weights by its pair dot
