@@ -46,8 +46,6 @@ from cngpt_tf.config import GPT2Config  # noqa: E402
 from cngpt_tf.demo import demo_weights  # noqa: E402
 
 MODES = ("fp32", "bf16", "int8")
-ATTENTION_VARIABLE = "CNGPT_TF_NATIVE_ATTENTION"  # "0": decode steps' attention by XLA (cngpt_tf.model)
-LOOP_VARIABLE = "CNGPT_TF_LAYER_LOOP"  # "0": the blocks traced one by one, not as a loop (cngpt_tf.model)
 BUSY = 0.5  # 1-minute load average at or above which a timing on 2 cores is not trusted
 
 
@@ -198,7 +196,7 @@ def measure(contenders: dict, batch: int, rounds: int) -> list:
 
 
 def speed(args, config, weights) -> None:
-    from cngpt_tf import native
+    from cngpt_tf import model, native
 
     print(f"kernel: {native.describe()}")
     bandwidth_before = read_bandwidth()
@@ -213,10 +211,10 @@ def speed(args, config, weights) -> None:
             contenders[f"cngpt_tf {label}"] = (_traced_with(runner, env), step_bytes(packed))
             if args.xla_attention:
                 contenders[f"cngpt_tf {label}, XLA attention"] = (
-                    _traced_with(greedy_runner(packed, config), {**env, ATTENTION_VARIABLE: "0"}), step_bytes(packed))
+                    _traced_with(greedy_runner(packed, config), {**env, model.NATIVE_ATTENTION_VARIABLE: "0"}), step_bytes(packed))
             if args.unrolled:
                 contenders[f"cngpt_tf {label}, layers unrolled"] = (
-                    _traced_with(greedy_runner(packed, config), {**env, LOOP_VARIABLE: "0"}), step_bytes(packed))
+                    _traced_with(greedy_runner(packed, config), {**env, model.LAYER_LOOP_VARIABLE: "0"}), step_bytes(packed))
             if floor is not None:
                 contenders[f"floor {label}"] = (_traced_with(floor, env), step_bytes(packed))
         del packed

@@ -34,6 +34,8 @@ from .config import GPT2Config
 from .formats import names
 
 CONV1D_SCOPES = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
+# "0" turns off, when tracing: a decode step's attention by the native kernel / the blocks as one loop
+NATIVE_ATTENTION_VARIABLE, LAYER_LOOP_VARIABLE = "CNGPT_TF_NATIVE_ATTENTION", "CNGPT_TF_LAYER_LOOP"
 NEG_INF = -1e9  # added to masked attention scores; finite so a fully masked (pad) row stays NaN-free
 
 
@@ -219,7 +221,7 @@ def layers_as_loop(params) -> bool:
     once instead of n_layer times: the first call's compile and a fresh process's start are shorter):
     where every Conv1D is the native kernel's panels and decode steps use its attention
     (`native_attention`), unless CNGPT_TF_LAYER_LOOP=0 (read when tracing; benchmarks compare)."""
-    if not native_attention(params) or os.environ.get("CNGPT_TF_LAYER_LOOP", "1") == "0":
+    if not native_attention(params) or os.environ.get(LAYER_LOOP_VARIABLE, "1") == "0":
         return False
     return all(f"model/h0/{scope}/panels" in params for scope in CONV1D_SCOPES)
 
@@ -297,36 +299,34 @@ def attention(params, scope, config, x, layer_cache, cache_index, mask):
     """
     qkv = conv1d(params, f"{scope}/c_attn", x)  # [B, T, 3E]
     q, k, v = (split_heads(t, config.n_head) for t in tf.split(qkv, 3, axis=-1))  # [B * H, T, D] each
-    layer = None
+    layer, index = None, tf.cast(cache_index, tf.int32)
     if layer_cache is None:  # no cache: attend over this call's tokens only (cache_index must be 0)
-        keys, values = k, v
+        new_cache = (k, v)
     elif isinstance(layer_cache, Layered):  # every layer's cache [L, B * H, S, D]: write into this layer's
         layer = layer_cache.layer
-        start = tf.stack([layer, 0, tf.cast(cache_index, tf.int32), 0])
-        keys, values = (dynamic_update_slice(old, new[None], start) for old, new in zip(layer_cache.every, (k, v)))
+        new_cache = tuple(dynamic_update_slice(old, new[None], tf.stack([layer, 0, index, 0]))
+                          for old, new in zip(layer_cache.every, (k, v)))
     else:  # write this call's K/V at cache_index; under XLA an in-place update of the buffers
-        start = tf.stack([0, tf.cast(cache_index, tf.int32), 0])
-        keys, values = (dynamic_update_slice(old, new, start) for old, new in zip(layer_cache, (k, v)))
+        new_cache = tuple(dynamic_update_slice(old, new, tf.stack([0, index, 0]))
+                          for old, new in zip(layer_cache, (k, v)))
     if mask.shape.rank == 2:  # the kernel: [B * H, D] queries of the one new token
-        out = native.decode_attention(q[:, 0], keys, values, mask, tf.cast(cache_index, tf.int32) + 1,
-                                      config.n_head, cpu_threads(), layer=layer)
-        return conv1d(params, f"{scope}/c_proj", merge_heads(out[:, None], config.n_head)), (keys, values)
-    if layer is not None:  # a prefill in the loop over the layers: XLA's attention over a copy of this layer's
-        every = (keys, values)
-        keys, values = (tf.gather(t, layer) for t in every)
+        out = native.decode_attention(q[:, 0], *new_cache, mask, index + 1, config.n_head, cpu_threads(), layer=layer)
+        return conv1d(params, f"{scope}/c_proj", merge_heads(out[:, None], config.n_head)), new_cache
+    # XLA's attention; in the loop over the layers (a prefill) over a copy of this layer's cache
+    keys, values = new_cache if layer is None else (tf.gather(t, layer) for t in new_cache)
     scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(config.head_dim))  # [B * H, T, S]
     _, length, slots = shape_of(scores)
     scores = tf.reshape(scores, [-1, config.n_head, length, slots]) + mask  # [B, H, T, S]
     weights = tf.reshape(tf.nn.softmax(scores, axis=-1), [-1, length, slots])  # [B * H, T, S]
     out = merge_heads(tf.matmul(weights, values), config.n_head)  # [B, T, E]
-    return conv1d(params, f"{scope}/c_proj", out), (every if layer is not None else (keys, values))
+    return conv1d(params, f"{scope}/c_proj", out), new_cache
 
 
 def native_attention(params) -> bool:
     """Whether decode steps over `params` run their attention by the native kernel: where the weights
     are the kernel's panels (the generator on a CPU that runs it), unless CNGPT_TF_NATIVE_ATTENTION=0
     (read when tracing; benchmarks compare the two)."""
-    return "model/wte/panels" in params and os.environ.get("CNGPT_TF_NATIVE_ATTENTION", "1") != "0"
+    return "model/wte/panels" in params and os.environ.get(NATIVE_ATTENTION_VARIABLE, "1") != "0"
 
 
 def mlp(params, scope, x):

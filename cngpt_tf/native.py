@@ -156,14 +156,14 @@ def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | N
 
     if _load() is None:  # builds on first use; registers the custom call with XLA
         raise ConfigError("panel_matmul: the native kernel did not build here (see the warning logged)")
-    if layer is not None:
-        panels, scales = list(panels), None if scales is None else list(scales)
-        if not panels or any(tuple(p.shape) != tuple(panels[0].shape) or p.dtype != panels[0].dtype for p in panels):
-            raise ValueError("panel_matmul: layer= needs a list of panels of one shape and dtype")
-        if scales is not None and len(scales) != len(panels):
-            raise ValueError(f"panel_matmul: {len(panels)} layers' panels but {len(scales)} layers' scales")
-        every_panels, every_scales = panels, scales
-        panels, scales = panels[0], None if scales is None else scales[0]  # checked below as one weight
+    layered = layer is not None  # the weights of every layer: checked below as the first one's
+    every_panels = list(panels) if layered else [panels]
+    every_scales = [] if scales is None else list(scales) if layered else [scales]
+    if (not every_panels or len(every_scales) not in (0, len(every_panels))
+            or not all(_alike(w, ws[0]) for ws in (every_panels, every_scales) for w in ws)):
+        raise ValueError(f"panel_matmul: layer= needs a list of panels (and one of scales) of one shape and dtype, "
+                         f"one per layer; got {len(every_panels)} panels and {len(every_scales)} scales")
+    panels, scales = every_panels[0], every_scales[0] if every_scales else None
     rows, depth = x.shape
     if rows is None:
         raise ValueError("panel_matmul: the number of rows must be known when tracing (XLA shapes are static)")
@@ -173,7 +173,6 @@ def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | N
     stored_rows = -(-depth // 2) if mode == "bf16" else depth  # bf16 stores the rows in pairs
     if panels.shape[1] != stored_rows or panels.shape[0] * PANEL < n or panels.shape[2] != PANEL:
         raise ValueError(f"panel_matmul: x {x.shape} does not fit {mode} panels {panels.shape} for {n} columns")
-    operands = [x, panels]
     if mode == "int8":
         if group is None or group < 1:
             raise ValueError(f"panel_matmul: int8 panels need the rows per scale block, group >= 1, got {group}")
@@ -181,19 +180,21 @@ def panel_matmul(x, panels, n: int, threads: int, scales=None, *, group: int | N
         if scales is None or tuple(scales.shape) != (panels.shape[0], blocks, PANEL):
             raise ValueError(f"panel_matmul: int8 panels {panels.shape} need scales [{panels.shape[0]}, {blocks}, "
                              f"{PANEL}] (blocks of {group} rows), got {None if scales is None else scales.shape}")
-        operands.append(scales)
     if isa_name is None:
         isa_name = isa(mode)
     elif isa_name not in cpu_isas():
         raise ConfigError(f"panel_matmul: isa_name={isa_name!r}: this CPU runs {', '.join(cpu_isas()) or 'none'}")
     config = f"{rows} {depth} {n} {threads} {isa_name} {mode} {group if mode == 'int8' else 0}"
-    if layer is not None:
-        if mode == "int8" and any(tuple(s.shape) != tuple(scales.shape) for s in every_scales):
-            raise ValueError("panel_matmul: layer= needs a list of scales of one shape")
-        operands = [x, tf.reshape(tf.cast(layer, tf.int32), [1]), *every_panels, *(every_scales or [])]
+    index = [tf.reshape(tf.cast(layer, tf.int32), [1])] if layered else []
+    operands = [x, *index, *every_panels, *(every_scales if mode == "int8" else [])]
+    if layered:
         config += f" {len(every_panels)}"
     (out,) = xla.custom_call_v2(TARGET, operands, [tf.TensorSpec([rows, n], tf.float32)], backend_config=config)
     return out
+
+
+def _alike(a, b) -> bool:
+    return tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype
 
 
 def decode_attention(q, keys, values, key_mask, n, n_head: int, threads: int, *, layer=None,

@@ -157,6 +157,12 @@ void* result_buffer(void* out) {
   return at - stack.low < stack.size ? *static_cast<void**>(out) : out;  // unsigned: below low wraps
 }
 
+// A call on a CPU without AVX2 + FMA (cngpt_tf.native never emits one there): a NaN result and a line.
+void no_kernel(const char* call, float* out, size_t count) {
+  std::fprintf(stderr, "%s: this CPU lacks AVX2 + FMA; the result is NaN\n", call);
+  for (size_t i = 0; i < count; ++i) out[i] = __builtin_nanf("");
+}
+
 }  // namespace
 
 extern "C" {
@@ -173,18 +179,15 @@ void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, 
   job.x = static_cast<const float*>(in[0]);
   job.M = M, job.K = K, job.N = N, job.group = group;
   job.mode = std::strcmp(mode_name, "bf16") == 0 ? kBf16 : std::strcmp(mode_name, "int8") == 0 ? kInt8 : kFp32;
-  // One weight, or one of `layers` picked by the layer index in[1] (a loop over the layers): the
-  // panels of every layer, then (int8) the scales of every layer.
-  const void** weights = in + 1;
+  // The panels at in[1] and the scales after them; or, in a loop over the layers, the layer index at
+  // in[1], then every layer's panels, then (int8) every layer's scales: the index picks one of each.
+  int panels = 1, count = 1;
   if (layers > 0) {
     const int at = *static_cast<const int32_t*>(in[1]);
-    const int layer = at < 0 ? 0 : at >= layers ? layers - 1 : at;
-    job.w = in[2 + layer];
-    if (job.mode == kInt8) job.scales = static_cast<const float*>(in[2 + layers + layer]);
-  } else {
-    job.w = weights[0];
-    if (job.mode == kInt8) job.scales = static_cast<const float*>(weights[1]);
+    panels = 2 + (at < 0 ? 0 : at >= layers ? layers - 1 : at), count = layers;
   }
+  job.w = in[panels];
+  if (job.mode == kInt8) job.scales = static_cast<const float*>(in[panels + count]);
   job.out = static_cast<float*>(result_buffer(out));
   if (job.mode == kInt8 && job.group <= 0) job.group = K;
   int isa = choose_isa(isa_name);
@@ -197,11 +200,7 @@ void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, 
                                               : isa == kAvx512   ? cngpt_panels_avx512
                                               : isa == kAvx2     ? cngpt_panels_avx2
                                                                  : nullptr;
-  if (kernel == nullptr) {  // cngpt_tf.native never emits the call on such a CPU
-    std::fprintf(stderr, "cngpt_panel_matmul: this CPU lacks AVX2 + FMA; the result is NaN\n");
-    for (size_t i = 0; i < static_cast<size_t>(M) * N; ++i) job.out[i] = __builtin_nanf("");
-    return;
-  }
+  if (kernel == nullptr) return no_kernel("cngpt_panel_matmul", job.out, static_cast<size_t>(M) * N);
   if (isa == kAvx512Bf16) {  // x rounded to bf16 once, shared by every thread
     thread_local std::vector<uint32_t> pairs;
     pairs.resize(static_cast<size_t>(M) * ((K + 1) / 2));
@@ -251,11 +250,7 @@ void cngpt_decode_attention(void* out, const void** in, const char* opaque, size
   void (*kernel)(const AttentionJob*, int, int) = isa >= kAvx512 ? cngpt_attention_avx512
                                                   : isa == kAvx2 ? cngpt_attention_avx2
                                                                  : nullptr;
-  if (kernel == nullptr) {  // cngpt_tf.native never emits the call on such a CPU
-    std::fprintf(stderr, "cngpt_decode_attention: this CPU lacks AVX2 + FMA; the result is NaN\n");
-    for (size_t i = 0; i < static_cast<size_t>(job.BH) * job.D; ++i) job.out[i] = __builtin_nanf("");
-    return;
-  }
+  if (kernel == nullptr) return no_kernel("cngpt_decode_attention", job.out, static_cast<size_t>(job.BH) * job.D);
   auto work = [&](int t, int parts) { kernel(&job, job.BH * t / parts, job.BH * (t + 1) / parts); };
   if (job.BH < 2 || !pool.run(threads, work)) work(0, 1);
 }

@@ -131,7 +131,7 @@ def test_a_decode_step_by_the_kernel_equals_the_step_by_xla(monkeypatch, stacked
 
     by_kernel, cache = tf.function(steps, jit_compile=True, autograph=False)()
     assert tf.is_tensor(cache[0]) == stacked  # the layers ran as one loop over a stacked cache, or not
-    monkeypatch.setenv("CNGPT_TF_NATIVE_ATTENTION", "0")
+    monkeypatch.setenv(model.NATIVE_ATTENTION_VARIABLE, "0")
     assert not model.native_attention(params) and not model.layers_as_loop(params)
     by_xla, cache = tf.function(steps, jit_compile=True, autograph=False)()
     assert not tf.is_tensor(cache[0])
