@@ -33,7 +33,8 @@
 
 namespace {
 
-constexpr int kAhead = 4096;  // bytes ahead in a panel's stream to prefetch (32 fp32 rows)
+constexpr int kAhead = 4096;     // bytes ahead in a panel's stream to prefetch into L1 (32 fp32 rows)
+constexpr int kAheadL2 = 16384;  // and further ahead into L2 only
 
 struct TileArgs {
   const float* x;         // the tile's first row of x; rows K apart
@@ -47,12 +48,19 @@ struct TileArgs {
   int N, cols;            // cols: how many of the tile's columns exist (< L * kVecs in the last panel)
 };
 
-// Prefetch a 128-byte stretch of the stream kAhead bytes on: both of its cache lines. Past the
-// panel's end this reaches into the next panel (or harmless bytes: prefetches never fault).
+// Prefetch the 128-byte stretches of the stream kAhead bytes on (into L1) and kAheadL2 bytes on
+// (into L2): both cache lines of each. One prefetch distance alone leaves the read below the memory's
+// speed: the L1 misses in flight per core are few (its fill buffers), and the L2 prefetch keeps more
+// lines on their way. Measured on Intel SPR-class, 2 threads, one decode step's products at batch 1:
+// bf16 ~21 -> ~25.5 GB/s, fp32 ~23 -> ~27 (without any prefetch: ~13). Past the panel's end this
+// reaches into the next panel (or harmless bytes: prefetches never fault).
 inline void prefetch_ahead(const void* at) {
   const char* p = static_cast<const char*>(at) + kAhead;
   _mm_prefetch(p, _MM_HINT_T0);
   _mm_prefetch(p + 64, _MM_HINT_T0);
+  const char* far = static_cast<const char*>(at) + kAheadL2;
+  _mm_prefetch(far, _MM_HINT_T1);
+  _mm_prefetch(far + 64, _MM_HINT_T1);
 }
 
 template <class I, int R>
