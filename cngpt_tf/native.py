@@ -18,12 +18,16 @@ over the layers (`cngpt_tf.model.layers_as_loop`), and read that layer's in plac
 
 ISAs, chosen at run time for each weight mode (`isa(mode)`, `describe()`): the kernels exist for
 AVX2 + FMA ("avx2"), AVX-512F ("avx512"), AVX512-BF16 ("avx512bf16": bf16 weights by its pair dot
-product, x rounded to bf16; the other modes as "avx512") and AVX512-VNNI ("avx512vnni", with BW and
+product, x rounded to bf16; the other modes as "avx512"), AVX512-VNNI ("avx512vnni", with BW and
 VBMI: int8 weights by its byte dot product, x quantised to int8 per row and scale block; the other
-modes as "avx512"). fp32 runs on the best of AVX-512F / AVX2; int8 on VNNI where the CPU has it;
-bf16 on the dot product except on Intel CPUs: on this project's Xeon (Sapphire Rapids class) it ran
-at 39 GMAC/s a core against 55 for widening to fp32 (batch 8; batch 1 is bound by memory either
-way), while AMD's Zen 4 runs 512-bit FMAs at half the rate of its dot product. CNGPT_TF_NATIVE_ISA
+modes as "avx512") and AMX-BF16 ("amxbf16", with AVX512-BF16 and the OS's leave to use the tiles:
+bf16 weights by tile products, x rounded to bf16 as for the dot product; the other modes as
+"avx512"). fp32 runs on the best of AVX-512F / AVX2; int8 on VNNI where the CPU has it; bf16 on AMX
+where the CPU has it (Intel Sapphire Rapids and later), else on the AVX512-BF16 dot product except
+on Intel CPUs: on this project's Xeon the dot product ran at 39 GMAC/s a core against 55 for widening
+to fp32 (batch 8; batch 1 is bound by memory either way), while AMD's Zen 4 runs 512-bit FMAs at half
+the rate of its dot product; AMX's tiles were faster than both at batch 8 and in the prefill (see
+csrc/kernels_amxbf16.cc). CNGPT_TF_NATIVE_ISA
 names one the CPU has for every mode (tests and benchmarks run every variant on one machine).
 
 It is an XLA custom call, so it runs only inside `tf.function(jit_compile=True)` on the CPU. The
@@ -68,6 +72,8 @@ ISAS = {
     "avx512bf16": ({"avx512f", "avx512_bf16"}, ["-mavx512f", "-mfma", "-mavx512bf16"]),
     "avx512vnni": ({"avx512f", "avx512bw", "avx512_vnni", "avx512vbmi"},
                    ["-mavx512f", "-mfma", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi"]),
+    "amxbf16": ({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"},
+                ["-mavx512f", "-mfma", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]),
 }
 ISA_VARIABLE = "CNGPT_TF_NATIVE_ISA"
 MODES = {tf.float32: "fp32", tf.bfloat16: "bf16", tf.int8: "int8"}  # panels' dtype -> the kernel's mode
@@ -117,6 +123,8 @@ def isa(mode: str = "fp32") -> str:
         raise ConfigError("the native kernel needs an AVX2 + FMA or AVX-512F CPU")
     if mode == "int8" and "avx512vnni" in have:
         return "avx512vnni"
+    if mode == "bf16" and "amxbf16" in have:
+        return "amxbf16"
     if mode == "bf16" and "avx512bf16" in have and _cpu_vendor() != "GenuineIntel":
         return "avx512bf16"
     return "avx512" if "avx512" in have else "avx2"
@@ -133,7 +141,8 @@ def describe() -> str:
     if _load() is None:
         return "native kernel not used (it did not build; see the warning logged): XLA's dot"
     chosen = {mode: isa(mode) for mode in MODES.values()}
-    bf16 = "AVX512-BF16 dot products, x rounded to bf16" if chosen["bf16"] == "avx512bf16" else "widened to fp32"
+    bf16 = {"avx512bf16": "AVX512-BF16 dot products, x rounded to bf16",
+            "amxbf16": "AMX tiles, x rounded to bf16"}.get(chosen["bf16"], "widened to fp32")
     int8 = ("AVX512-VNNI dot products, x quantised to int8 per block" if chosen["int8"] == "avx512vnni"
             else "widened to fp32")
     forced = f", forced by {ISA_VARIABLE}" if os.environ.get(ISA_VARIABLE) else f", {_cpu_vendor() or 'unknown vendor'}"

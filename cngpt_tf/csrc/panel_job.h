@@ -53,6 +53,7 @@ void cngpt_panels_avx2(const PanelJob* job, int p0, int p1);        // AVX2 + FM
 void cngpt_panels_avx512(const PanelJob* job, int p0, int p1);      // AVX-512F: every mode
 void cngpt_panels_avx512bf16(const PanelJob* job, int p0, int p1);  // AVX512-BF16: bf16 only
 void cngpt_panels_avx512vnni(const PanelJob* job, int p0, int p1);  // AVX512-VNNI (+ BW, VBMI): int8 only
+void cngpt_panels_amxbf16(const PanelJob* job, int p0, int p1);     // AMX-BF16 (+ AVX512-BF16): bf16 only
 // x [M, K] -> bf16 pairs [M, ceil(K / 2)], rounded to nearest even, zero past K (AVX512-BF16).
 void cngpt_bf16_pairs(const float* x, int M, int K, uint32_t* out);
 // x [M, K] -> int8 per row and block of `group` columns: q = round(x / max |x| * 127), scale =

@@ -13,8 +13,8 @@
 // a loop over the layers (L > 0 below), x, the layer index s32[1], the panels of each of the L
 // layers, and for int8 the scales of each. Result: [M, N] f32.
 // Opaque (the custom call's backend_config): "M K N threads isa mode group L", where isa is avx2,
-// avx512, avx512bf16 or avx512vnni (the kernel file to run: kernels_<isa>.cc; avx512bf16 differs
-// from avx512 only for bf16 weights, avx512vnni only for int8), mode is fp32, bf16 or int8, group
+// avx512, avx512bf16, avx512vnni or amxbf16 (the kernel file to run: kernels_<isa>.cc; avx512bf16
+// and amxbf16 differ from avx512 only for bf16 weights, avx512vnni only for int8), mode is fp32, bf16 or int8, group
 // is int8's rows per scale block, and L the number of layers to pick from (0: one weight).
 // Only "M K N threads" is required: the defaults are AVX-512F (AVX2 where the CPU lacks it), fp32, 0, 0.
 // This file is built without ISA flags, so that loading it is safe on any x86-64 CPU; the kernels
@@ -31,6 +31,8 @@
 #include <functional>
 #include <mutex>
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <thread>
 #include <vector>
 
@@ -39,7 +41,14 @@
 
 namespace {
 
-enum IsaBit { kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 4, kAvx512Vnni = 8 };
+enum IsaBit { kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 4, kAvx512Vnni = 8, kAmxBf16 = 16 };
+
+// Linux lets a process use AMX's tile data (8 KiB of register state a thread) once it asks; a kernel
+// that refuses (or predates AMX) answers non-zero, and the tiles stay unused.
+bool tiles_permitted() {
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // ARCH_REQ_XCOMP_PERM, XTILEDATA
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
 
 int cpu_isas() {
   static const int isas = [] {
@@ -51,6 +60,9 @@ int cpu_isas() {
     if ((bits & kAvx512) && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
         __builtin_cpu_supports("avx512vbmi"))
       bits |= kAvx512Vnni;
+    if ((bits & kAvx512Bf16) && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+        tiles_permitted())
+      bits |= kAmxBf16;
     return bits;
   }();
   return isas;
@@ -62,8 +74,9 @@ int choose_isa(const char* name) {
             : std::strcmp(name, "avx512") == 0     ? kAvx512
             : std::strcmp(name, "avx512bf16") == 0 ? kAvx512Bf16
             : std::strcmp(name, "avx512vnni") == 0 ? kAvx512Vnni
+            : std::strcmp(name, "amxbf16") == 0    ? kAmxBf16
                                                    : kAvx512;  // none named
-  while (isa && !(cpu_isas() & isa)) isa >>= 1;  // VNNI, BF16 and AVX-512F's kernels share the rest
+  while (isa && !(cpu_isas() & isa)) isa >>= 1;  // AMX, VNNI, BF16 and AVX-512F's kernels share the rest
   return isa;
 }
 
@@ -168,7 +181,7 @@ void no_kernel(const char* call, float* out, size_t count) {
 extern "C" {
 
 // The ISAs this CPU runs, as bits: 1 AVX2 + FMA, 2 AVX-512F, 4 AVX512-BF16, 8 AVX512-VNNI with BW
-// and VBMI (cngpt_tf.native asks).
+// and VBMI, 16 AMX-BF16 with AVX512-BF16 and the OS's leave to use the tiles (cngpt_tf.native asks).
 int cngpt_native_isas() { return cpu_isas(); }
 
 void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, void*) {
@@ -193,15 +206,17 @@ void cngpt_panel_matmul(void* out, const void** in, const char* opaque, size_t, 
   int isa = choose_isa(isa_name);
   // int32 sums of a block must not overflow: group * 255 * 128 < 2**31
   const bool vnni_fits = job.mode == kInt8 && job.group <= (1 << 16);
-  if ((isa == kAvx512Bf16 && job.mode != kBf16) || (isa == kAvx512Vnni && !vnni_fits))
+  const bool bf16_dot = isa == kAvx512Bf16 || isa == kAmxBf16;
+  if ((bf16_dot && job.mode != kBf16) || (isa == kAvx512Vnni && !vnni_fits))
     isa = kAvx512;  // the same kernels as AVX-512F
-  void (*kernel)(const PanelJob*, int, int) = isa == kAvx512Vnni   ? cngpt_panels_avx512vnni
+  void (*kernel)(const PanelJob*, int, int) = isa == kAmxBf16      ? cngpt_panels_amxbf16
+                                              : isa == kAvx512Vnni ? cngpt_panels_avx512vnni
                                               : isa == kAvx512Bf16 ? cngpt_panels_avx512bf16
                                               : isa == kAvx512   ? cngpt_panels_avx512
                                               : isa == kAvx2     ? cngpt_panels_avx2
                                                                  : nullptr;
   if (kernel == nullptr) return no_kernel("cngpt_panel_matmul", job.out, static_cast<size_t>(M) * N);
-  if (isa == kAvx512Bf16) {  // x rounded to bf16 once, shared by every thread
+  if (isa == kAvx512Bf16 || isa == kAmxBf16) {  // x rounded to bf16 once, shared by every thread
     thread_local std::vector<uint32_t> pairs;
     pairs.resize(static_cast<size_t>(M) * ((K + 1) / 2));
     cngpt_bf16_pairs(job.x, M, K, pairs.data());

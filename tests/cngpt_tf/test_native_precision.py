@@ -127,6 +127,12 @@ def test_cpu_isas_come_from_the_cpu_flags(monkeypatch):
     assert [native.isa(mode) for mode in ("fp32", "bf16", "int8")] == ["avx512", "avx512", "avx512vnni"]
     monkeypatch.setattr(native, "_cpu_flags", lambda: frozenset(vnni - {"avx512vbmi"}))  # Cascade Lake: no VBMI
     assert native.isa("int8") == "avx512"
+    spr = vnni | {"avx512_bf16", "amx_tile", "amx_bf16"}  # Sapphire Rapids: AMX's tiles for bf16
+    monkeypatch.setattr(native, "_cpu_flags", lambda: frozenset(spr))
+    assert native.cpu_isas() == ("avx2", "avx512", "avx512bf16", "avx512vnni", "amxbf16")
+    assert [native.isa(mode) for mode in ("fp32", "bf16", "int8")] == ["avx512", "amxbf16", "avx512vnni"]
+    monkeypatch.setattr(native, "_cpu_flags", lambda: frozenset(spr - {"amx_bf16"}))
+    assert native.isa("bf16") == "avx512"
     monkeypatch.setattr(native, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert [native.isa(mode) for mode in ("fp32", "bf16", "int8")] == ["avx2"] * 3
     monkeypatch.setattr(native, "_cpu_flags", lambda: frozenset({"sse2"}))
@@ -139,6 +145,8 @@ def test_the_isa_variable_forces_a_variant_and_describe_names_it(monkeypatch):
     best = "avx512" if "avx512" in have else "avx2"
     assert have and native.isa() == best  # the best by default, confirmed by the library's cpuid
     assert native.isa("int8") == ("avx512vnni" if "avx512vnni" in have else best)
+    if "amxbf16" in have:  # confirmed by the library too: the CPU has it and the OS lets it run
+        assert native.isa("bf16") == "amxbf16" and "bf16 on amxbf16 (AMX tiles" in native.describe()
     assert f"native kernel: {best}" in native.describe() and f"int8 on {native.isa('int8')}" in native.describe()
     monkeypatch.setenv(native.ISA_VARIABLE, "avx2")
     assert all(native.isa(mode) == "avx2" for mode in ("fp32", "bf16", "int8")) and "forced by" in native.describe()
@@ -151,9 +159,10 @@ def test_the_isa_variable_forces_a_variant_and_describe_names_it(monkeypatch):
 
 # ----- every variant against NumPy ------------------------------------------------------------------
 
-# (rows, K, N, int8 group): M in 1..9, K odd / 1 / one past a block, N not a multiple of 32
+# (rows, K, N, int8 group): M in 1..9, 16, 17 and 33 (AMX: whole and part-filled tiles of 16 rows), K odd /
+# 1 / one past a block / 32 * t (AMX's whole tiles only) / past that, N not a multiple of 32
 SHAPES = [(1, 769, 96, 128), (2, 7, 40, 4), (3, 33, 97, 8), (4, 1, 1, 128), (5, 130, 64, 128), (6, 65, 33, 16),
-          (7, 20, 50, 3), (8, 257, 70, 128), (9, 31, 128, 32)]
+          (7, 20, 50, 3), (8, 257, 70, 128), (9, 31, 128, 32), (16, 64, 33, 32), (17, 96, 64, 16), (33, 99, 40, 128)]
 
 
 def int8_rows(x, group):
@@ -170,10 +179,10 @@ def int8_rows(x, group):
 
 def reference(x, packed, n, mode, isa, group):
     """float64 x @ (the dequantised weights): the same products the kernel sums in float32; x rounded
-    to bf16 as the AVX512-BF16 dot product does, quantised to int8 as AVX512-VNNI's does."""
+    to bf16 as the AVX512-BF16 dot product and AMX's tiles do, quantised to int8 as AVX512-VNNI's does."""
     k = x.shape[1]
     w = quantize.dequantize(packed["panels"], n, packed.get("scales"), group)[:k].astype(np.float64)
-    if mode == "bf16" and isa == "avx512bf16":
+    if mode == "bf16" and isa in ("avx512bf16", "amxbf16"):
         x = as_float(quantize.bf16_bits(x))
     if mode == "int8" and isa == "avx512vnni":
         x = int8_rows(x, group)
