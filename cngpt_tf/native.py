@@ -35,6 +35,7 @@ generator uses it where `enabled()`; everything else (the conversion check, the 
 Serving, GPUs) keeps the plain XLA dot. `enabled()` is False, and the plain path is used, when:
   - CNGPT_TF_NATIVE=0 is set, or TF sees a GPU, or the CPU has neither AVX2 + FMA nor AVX-512F;
   - the kernel cannot be built (no C++ compiler: `CXX`, default g++) — logged once as a warning.
+A compiler too old for one of OPTIONAL_ISAS builds the library without that variant (also logged).
 The shared library is cached under $CNGPT_TF_CACHE (default ~/.cache/cngpt_tf), keyed by the sources,
 the TF version and the compiler commands; building takes about 15 s on 2 cores, once per machine.
 """
@@ -75,6 +76,9 @@ ISAS = {
     "amxbf16": ({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"},
                 ["-mavx512f", "-mfma", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]),
 }
+# The ISAs a compiler may not know (GCC 10 / 8 / 11 added their flags): where one fails to compile,
+# the library is built without it (logged), and the CPU's other variants run its weight modes.
+OPTIONAL_ISAS = ("avx512bf16", "avx512vnni", "amxbf16")
 ISA_VARIABLE = "CNGPT_TF_NATIVE_ISA"
 MODES = {tf.float32: "fp32", tf.bfloat16: "bf16", tf.int8: "int8"}  # panels' dtype -> the kernel's mode
 
@@ -293,17 +297,17 @@ def from_panels(panels: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(panels.transpose(1, 0, 2).reshape(k, n_panels * PANEL)[:, :n])
 
 
-def compile_commands(output: Path, objects: Path) -> list[list[str]]:
+def compile_commands(output: Path, objects: Path, isas=tuple(ISAS)) -> list[list[str]]:
     """The compiler calls that build the kernel: each kernels_<isa>.cc into `objects` with its ISA's
-    flags (run in parallel), then the custom call, without ISA flags, linked with them against this
-    TensorFlow's library into `output` (last)."""
+    flags (run in parallel), then the custom call, without ISA flags, linked with those of `isas`
+    against this TensorFlow's library into `output` (last)."""
     cxx = shlex.split(os.environ.get("CXX", "g++"))
     tf_dir = Path(tf.__file__).parent
     commands = [[*cxx, "-O3", "-std=c++17", "-fPIC", *flags, "-c", str(CSRC / f"kernels_{name}.cc"),
                  "-o", str(objects / f"kernels_{name}.o")] for name, (_, flags) in ISAS.items()]
     commands.append([
         *cxx, "-O3", "-shared", "-fPIC", *tf.sysconfig.get_compile_flags(),
-        str(SOURCE), *(str(objects / f"kernels_{name}.o") for name in ISAS), "-o", str(output),
+        str(SOURCE), *(str(objects / f"kernels_{name}.o") for name in isas), "-o", str(output),
         f"-L{tf_dir}", "-l:libtensorflow_cc.so.2", f"-Wl,-rpath,{tf_dir}",
     ])  # fmt: skip
     return commands
@@ -361,16 +365,24 @@ def _build(library: Path) -> None:
     log.info("building %s (once per machine)", library.name)
     with tempfile.TemporaryDirectory(dir=library.parent, prefix=".build-") as tmp:
         output = Path(tmp) / library.name
-        *kernels, link = compile_commands(output, Path(tmp))
-        _run_all(kernels)
-        _run_all([link])
+        failures = dict(zip(ISAS, _run_all(compile_commands(output, Path(tmp))[:-1])))
+        for name, why in failures.items():
+            if why and name not in OPTIONAL_ISAS:
+                raise subprocess.SubprocessError(why)
+            if why:
+                log.warning("native kernel built without its %s variant: %s", name, why)
+        built = tuple(name for name, why in failures.items() if not why)
+        why = _run_all([compile_commands(output, Path(tmp), built)[-1]])[0]
+        if why:
+            raise subprocess.SubprocessError(why)
         os.replace(output, library)
 
 
-def _run_all(commands: list[list[str]]) -> None:
-    """Run the compiler calls at once; SubprocessError naming the first source that failed."""
+def _run_all(commands: list[list[str]]) -> list[str]:
+    """Run the compiler calls at once; for each, "" or why it failed (its source, exit status and the
+    compiler's last line)."""
     runs = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for cmd in commands]
-    failed = None
+    failures = []
     for cmd, run in runs:
         try:
             _, stderr = run.communicate(timeout=300)
@@ -378,9 +390,10 @@ def _run_all(commands: list[list[str]]) -> None:
             run.kill()
             run.communicate()
             stderr, run.returncode = "timed out after 300 s", -1
-        if run.returncode != 0 and failed is None:
+        why = ""
+        if run.returncode != 0:
             source = next((Path(arg).name for arg in cmd if arg.endswith(".cc")), cmd[0])
             last = (stderr.strip().splitlines() or ["no output"])[-1]
-            failed = f"{source}: compiler exited {run.returncode}: {last}"
-    if failed:
-        raise subprocess.SubprocessError(failed)
+            why = f"{source}: compiler exited {run.returncode}: {last}"
+        failures.append(why)
+    return failures

@@ -39,6 +39,14 @@
 #include "panel_job.h"
 #include "xla/service/custom_call_target_registry.h"
 
+// The kernels of cngpt_tf.native.OPTIONAL_ISAS are missing from a library built by a compiler too old
+// for their flags: weak references, null there, and cpu_isas() leaves those ISAs out.
+#pragma weak cngpt_panels_avx512bf16
+#pragma weak cngpt_bf16_pairs
+#pragma weak cngpt_panels_avx512vnni
+#pragma weak cngpt_int8_rows
+#pragma weak cngpt_panels_amxbf16
+
 namespace {
 
 enum IsaBit { kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 4, kAvx512Vnni = 8, kAmxBf16 = 16 };
@@ -56,12 +64,13 @@ int cpu_isas() {
     int bits = 0;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) bits |= kAvx2;
     if (__builtin_cpu_supports("avx512f")) bits |= kAvx512;
-    if ((bits & kAvx512) && __builtin_cpu_supports("avx512bf16")) bits |= kAvx512Bf16;
+    if ((bits & kAvx512) && __builtin_cpu_supports("avx512bf16") && cngpt_panels_avx512bf16 && cngpt_bf16_pairs)
+      bits |= kAvx512Bf16;
     if ((bits & kAvx512) && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
-        __builtin_cpu_supports("avx512vbmi"))
+        __builtin_cpu_supports("avx512vbmi") && cngpt_panels_avx512vnni && cngpt_int8_rows)
       bits |= kAvx512Vnni;
     if ((bits & kAvx512Bf16) && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
-        tiles_permitted())
+        cngpt_panels_amxbf16 && tiles_permitted())
       bits |= kAmxBf16;
     return bits;
   }();

@@ -174,3 +174,50 @@ def test_a_compiler_error_names_the_source(tmp_path, monkeypatch, caplog):
         native._load.cache_clear()
     assert re.search(r"kernels_\w+\.cc: compiler exited", caplog.text)
     assert list(tmp_path.iterdir()) == []
+
+
+OLD_COMPILER = """#!/bin/sh
+# g++ as a compiler older than AMX (GCC < 11) answers its flags
+for arg in "$@"; do case "$arg" in -mamx-*) echo "g++: error: unrecognized command-line option '$arg'" >&2; exit 1;; esac; done
+exec g++ "$@"
+"""
+
+WITHOUT_AMX = """
+import logging, sys
+import numpy as np, tensorflow as tf
+from cngpt_tf import native, quantize
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+assert native.available()  # builds and loads the library: cpu_isas() is then what it confirms
+print("isas", " ".join(native.cpu_isas()), "bf16-on", native.isa("bf16"))
+x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((40, 70)).astype(np.float32)
+packed = quantize.pack(w, "bf16", 128)
+out = tf.function(lambda x: native.panel_matmul(x, tf.constant(packed["panels"]), 70, 2), jit_compile=True)(x)
+expected = x.astype(np.float64) @ quantize.dequantize(packed["panels"], 70, None, 128)[:40].astype(np.float64)
+print("bf16 product max error", float(np.abs(out.numpy() - expected).max()))
+"""
+
+
+@needs_kernel
+@pytest.mark.skipif("avx512" not in native.cpu_isas(), reason="the optional variants need AVX-512")
+def test_a_compiler_too_old_for_an_optional_variant_builds_the_others(tmp_path):
+    # A fresh process (a second library in this one would register the custom calls twice) builds
+    # with a compiler that refuses AMX's flags: logged, built without that variant, and bf16 runs
+    # on another one, right.
+    import os
+    import subprocess
+    import sys
+
+    compiler = tmp_path / "old-g++"
+    compiler.write_text(OLD_COMPILER)
+    compiler.chmod(0o755)
+    env = {**os.environ, "CXX": str(compiler), "CNGPT_TF_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop(native.ISA_VARIABLE, None)
+    run = subprocess.run([sys.executable, "-c", WITHOUT_AMX], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "built without its amxbf16 variant: kernels_amxbf16.cc: compiler exited 1" in run.stdout
+    isas = re.search(r"^isas (.*) bf16-on (\S+)$", run.stdout, re.M)
+    assert "avx512" in isas.group(1).split() and "amxbf16" not in isas.group(1).split()
+    assert isas.group(2) != "amxbf16"
+    assert float(re.search(r"max error (\S+)", run.stdout).group(1)) < 1e-3
+    assert len(list((tmp_path / "cache").glob("panel_matmul-*.so"))) == 1
