@@ -51,8 +51,8 @@ namespace {
 
 enum IsaBit { kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 4, kAvx512Vnni = 8, kAmxBf16 = 16 };
 
-// Linux lets a process use AMX's tile data (8 KiB of register state a thread) once it asks; a kernel
-// that refuses (or predates AMX) answers non-zero, and the tiles stay unused.
+// Linux lets a process use AMX's tile data (8 KiB of register state a thread) once it asks; a Linux
+// that refuses (or predates AMX: before 5.16) answers non-zero, and the tiles stay unused.
 bool tiles_permitted() {
   constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // ARCH_REQ_XCOMP_PERM, XTILEDATA
   return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
