@@ -241,6 +241,35 @@ def test_int8_rows_at_the_float_limits(isa):
 
 
 @needs_kernel
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512bf16", "amxbf16"])
+def test_bf16_rows_and_weights_at_the_float_limits(isa):
+    # bf16 weights times x rows of zeros, tiny (subnormal: the dot products and AMX treat them as
+    # zero, an absolute 1e-30 covers that) and huge values, then a NaN and an infinity; and one weight
+    # a NaN: finite rows as NumPy, the NaN's column non-finite in every row, the NaN / infinity rows
+    # non-finite. K = 70: AMX's whole tiles and the pair rows past them.
+    if isa not in native.cpu_isas():
+        pytest.skip(f"this CPU lacks {isa}")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((6, 70)).astype(np.float32)
+    x[0, :32] = 0
+    x[1, :32] *= np.float32(1e-44)
+    x[1, 32:] *= np.float32(1e-38)
+    x[2] *= np.float32(1e30)
+    x[3, 5], x[4, 69], x[5, 0] = np.nan, np.inf, -np.inf
+    w = rng.standard_normal((70, 40)).astype(np.float32)
+    packed = quantize.pack(w, "bf16", 128)
+    w[3, 7] = np.nan
+    poisoned = quantize.pack(w, "bf16", 128)
+    for weights, columns in ((packed, slice(None)), (poisoned, [c for c in range(40) if c != 7])):
+        panels = tf.constant(weights["panels"])
+        out = tf.function(lambda x: native.panel_matmul(x, panels, 40, 2, isa_name=isa), jit_compile=True)(x).numpy()
+        expected, magnitude = reference(x[:3], packed, 40, "bf16", isa, 128)
+        assert np.all(np.abs(out[:3, columns] - expected[:, columns]) <= 1e-5 * magnitude[:, columns] + 1e-30)
+        assert np.abs(out[2, columns]).max() > 1e29 and not np.isfinite(out[3:]).any()
+    assert not np.isfinite(out[:, 7]).any()
+
+
+@needs_kernel
 def test_vnni_leaves_blocks_its_int32_sums_could_overflow_to_the_widening_kernel():
     # 255 * 128 * group must stay below 2**31: blocks of more than 65,536 rows run widened, exactly
     if "avx512vnni" not in native.cpu_isas():
