@@ -216,6 +216,18 @@ def test_every_variant_equals_numpy_on_the_dequantised_weights(isa, mode):
         assert np.all(np.abs(out.numpy() - expected) <= 1e-5 * magnitude + 1e-30), (x.shape, n)
 
 
+def rows_at_the_float_limits(rng, k: int) -> np.ndarray:
+    """x [6, k]: an all-zero block (row 0), tiny (subnormal, and below 127 / float32 max: row 1) and
+    huge values (row 2), then a NaN (row 3), an infinity in the last column (4), minus one (5)."""
+    x = rng.standard_normal((6, k)).astype(np.float32)
+    x[0, :32] = 0
+    x[1, :32] *= np.float32(1e-44)
+    x[1, 32:] *= np.float32(1e-38)
+    x[2] *= np.float32(1e30)
+    x[3, 5], x[4, k - 1], x[5, 0] = np.nan, np.inf, -np.inf
+    return x
+
+
 @needs_kernel
 @pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512vnni"])
 def test_int8_rows_at_the_float_limits(isa):
@@ -225,12 +237,7 @@ def test_int8_rows_at_the_float_limits(isa):
     if isa not in native.cpu_isas():
         pytest.skip(f"this CPU lacks {isa}")
     rng = np.random.default_rng(10)
-    x = rng.standard_normal((6, 64)).astype(np.float32)
-    x[0, :32] = 0
-    x[1, :32] *= np.float32(1e-44)
-    x[1, 32:] *= np.float32(1e-38)
-    x[2] *= np.float32(1e30)
-    x[3, 5], x[4, 40], x[5, 0] = np.nan, np.inf, -np.inf
+    x = rows_at_the_float_limits(rng, 64)
     packed = quantize.pack(rng.standard_normal((64, 40)).astype(np.float32), "int8", 32)
     panels, scales = tf.constant(packed["panels"]), tf.constant(packed["scales"])
     out = tf.function(lambda x: native.panel_matmul(x, panels, 40, 2, scales, group=32, isa_name=isa),
@@ -250,12 +257,7 @@ def test_bf16_rows_and_weights_at_the_float_limits(isa):
     if isa not in native.cpu_isas():
         pytest.skip(f"this CPU lacks {isa}")
     rng = np.random.default_rng(12)
-    x = rng.standard_normal((6, 70)).astype(np.float32)
-    x[0, :32] = 0
-    x[1, :32] *= np.float32(1e-44)
-    x[1, 32:] *= np.float32(1e-38)
-    x[2] *= np.float32(1e30)
-    x[3, 5], x[4, 69], x[5, 0] = np.nan, np.inf, -np.inf
+    x = rows_at_the_float_limits(rng, 70)
     w = rng.standard_normal((70, 40)).astype(np.float32)
     packed = quantize.pack(w, "bf16", 128)
     w[3, 7] = np.nan
